@@ -1,0 +1,101 @@
+"""命令行入口 `towergpt`：只负责解析参数、调用真正干活的函数、把用户错误打印成一行。
+
+每个子命令的实现都在各自的模块里（tokenizer.py、generate.py ……），这里保持“薄”：
+读懂一个命令做什么，去看它调用的那个函数即可。
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from towergpt.errors import TowerGPTError
+
+
+# ---------------------------------------------------------------------------
+# 各子命令的处理函数：先做延迟 import（让 `towergpt --help` 秒开，不必先加载 torch）
+# ---------------------------------------------------------------------------
+
+def _cmd_tokenizer_train(args: argparse.Namespace) -> None:
+    from towergpt.tokenizer import train_tokenizer
+
+    train_tokenizer(
+        inputs=args.input,
+        vocab_size=args.vocab_size,
+        out_dir=args.out,
+        field=args.field,
+        max_sentences=args.max_sentences,
+        character_coverage=args.character_coverage,
+    )
+
+
+def _cmd_generate(args: argparse.Namespace) -> None:
+    from towergpt.generate import generate_cli
+
+    generate_cli(args)
+
+
+# ---------------------------------------------------------------------------
+# 参数定义
+# ---------------------------------------------------------------------------
+
+def add_sampling_args(parser: argparse.ArgumentParser) -> None:
+    """generate / chat / serve 共用的采样参数。"""
+    parser.add_argument("--max-new-tokens", type=int, default=200, help="最多生成多少个 token / max new tokens")
+    parser.add_argument("--temperature", type=float, default=0.8, help="温度；0 表示贪心解码 / 0 means greedy")
+    parser.add_argument("--top-k", type=int, default=None, help="只在概率最高的 k 个 token 里采样")
+    parser.add_argument("--top-p", type=float, default=None, help="核采样：累计概率达到 p 为止")
+    parser.add_argument("--repetition-penalty", type=float, default=1.0, help="重复惩罚，>1 抑制重复")
+    parser.add_argument("--seed", type=int, default=None, help="随机种子，使采样可复现 / sampling seed")
+    parser.add_argument("--device", default="auto", help="cpu / cuda / mps / auto")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="towergpt",
+        description="TowerGPT：从零训练并读懂一个中文 GPT / train a Chinese GPT from nothing",
+    )
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+    commands.required = True
+
+    # towergpt tokenizer train ...
+    tok = commands.add_parser("tokenizer", help="训练分词器 / train the SentencePiece tokenizer")
+    tok_commands = tok.add_subparsers(dest="tokenizer_command", metavar="ACTION")
+    tok_commands.required = True
+    tok_train = tok_commands.add_parser("train", help="从 txt / jsonl / json 训练 BPE 分词器")
+    tok_train.add_argument("--input", nargs="+", required=True, help="语料文件（.txt .jsonl .json）")
+    tok_train.add_argument("--vocab-size", type=int, required=True, help="词表大小，例如 8000")
+    tok_train.add_argument("--out", required=True, help="输出目录 / output directory")
+    tok_train.add_argument("--field", default="text", help="JSON 记录里文本字段名，默认 text")
+    tok_train.add_argument("--max-sentences", type=int, default=2_000_000,
+                           help="最多抽样多少行参与训练（限制内存）/ sentences sampled at most")
+    tok_train.add_argument("--character-coverage", type=float, default=0.9995,
+                           help="字符覆盖率；其余字符走字节回退 / character coverage")
+    tok_train.set_defaults(handler=_cmd_tokenizer_train)
+
+    # towergpt generate ...
+    gen = commands.add_parser("generate", help="用检查点续写文本 / continue a prompt")
+    gen.add_argument("--ckpt", required=True, help="运行目录或检查点目录 / run or checkpoint dir")
+    gen.add_argument("--prompt", required=True, help="开头文本 / prompt text")
+    add_sampling_args(gen)
+    gen.set_defaults(handler=_cmd_generate)
+
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    """命令行主函数：用户错误打印一行并以状态码 2 退出，Ctrl-C 以 130 退出。"""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        args.handler(args)
+    except TowerGPTError as error:
+        print(f"错误 / error: {error}", file=sys.stderr)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        print("\n已中断 / interrupted", file=sys.stderr)
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,221 @@
+"""文本生成：采样策略、KV 缓存、流式输出。
+
+生成就是反复做一件事：把目前的序列喂给模型，拿到最后一个位置对“下一个 token”的打分
+(logits)，按某种规则挑一个 token 接到末尾，直到遇到结束符或达到长度上限。
+
+挑 token 的规则（按顺序施加）：
+    重复惩罚   已出现过的 token 打分变差，抑制“复读机”
+    温度       logits / T：T<1 更保守，T>1 更发散；T=0 直接取最大（贪心解码，结果确定）
+    top-k      只保留打分最高的 k 个候选
+    top-p      按概率从高到低累加，只保留累计概率刚达到 p 的那一小撮（核采样）
+
+KV 缓存：提示词只“预填充”一次，之后每步只把 1 个新 token 送进模型（见 model.KVCache）。
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from typing import Iterator
+
+import torch
+
+from towergpt.errors import TowerGPTError
+from towergpt.model import GPT, KVCache
+
+
+def apply_repetition_penalty(logits: torch.Tensor, seen: torch.Tensor, penalty: float) -> torch.Tensor:
+    """CTRL 论文的做法：出现过的 token，正的打分除以 penalty，负的乘以 penalty（都变得更不可能）。
+
+    logits (V,)；seen (V,) 布尔，标记上下文里出现过的 token。
+    """
+    if penalty == 1.0:
+        return logits
+    penalized = torch.where(logits > 0, logits / penalty, logits * penalty)
+    return torch.where(seen, penalized, logits)
+
+
+def filter_top_k(logits: torch.Tensor, top_k: int | None) -> torch.Tensor:
+    """只保留最高的 k 个打分，其余设为 -inf（概率为 0）。"""
+    if top_k is None or top_k <= 0 or top_k >= logits.size(-1):
+        return logits
+    kth_best = torch.topk(logits, top_k).values[-1]
+    return logits.masked_fill(logits < kth_best, float("-inf"))
+
+
+def filter_top_p(logits: torch.Tensor, top_p: float | None) -> torch.Tensor:
+    """核采样：按概率从大到小排序，保留累计概率达到 top_p 所需的最少几个 token。"""
+    if top_p is None or top_p >= 1.0:
+        return logits
+    sorted_logits, sorted_ids = torch.sort(logits, descending=True)
+    cumulative = sorted_logits.softmax(dim=-1).cumsum(dim=-1)
+    # 一个 token 被去掉，当且仅当“排在它前面的那些”的累计概率已经 >= top_p（第一名永远保留）
+    remove_sorted = (cumulative - sorted_logits.softmax(dim=-1)) >= top_p
+    remove = torch.zeros_like(remove_sorted).scatter(0, sorted_ids, remove_sorted)
+    return logits.masked_fill(remove, float("-inf"))
+
+
+def pick_next_token(
+    logits: torch.Tensor,
+    seen: torch.Tensor,
+    temperature: float,
+    top_k: int | None,
+    top_p: float | None,
+    repetition_penalty: float,
+    generator: torch.Generator | None,
+) -> int:
+    """由最后一个位置的 logits (V,) 选出下一个 token id。"""
+    logits = apply_repetition_penalty(logits.float(), seen, repetition_penalty)
+    if temperature <= 0:
+        return int(torch.argmax(logits))
+    logits = filter_top_p(filter_top_k(logits / temperature, top_k), top_p)
+    probs = logits.softmax(dim=-1)
+    return int(torch.multinomial(probs, num_samples=1, generator=generator))
+
+
+@torch.inference_mode()
+def stream_generate(
+    model: GPT,
+    idx: torch.Tensor,
+    max_new_tokens: int,
+    temperature: float = 0.0,
+    top_k: int | None = None,
+    top_p: float | None = None,
+    repetition_penalty: float = 1.0,
+    eos_id: int | None = None,
+    seed: int | None = None,
+    kv_cache: KVCache | None = None,
+) -> Iterator[int]:
+    """逐个产出新 token 的 id（不含提示词）。遇到 eos_id（会产出它）、达到上限或上下文满时停止。
+
+    idx (1, T) 是提示词。给了 kv_cache 时，缓存里已有的内容被当作 idx 之前的上下文（聊天复用历史）。
+    """
+    if idx.dim() != 2 or idx.size(0) != 1:
+        raise ValueError(f"idx 的形状应为 (1, T)，实际是 {tuple(idx.shape)} / idx must be (1, T)")
+    context_limit = model.config.max_seq_len
+    cache = kv_cache if kv_cache is not None else model.new_kv_cache(batch_size=1, max_len=context_limit)
+    if cache.length + idx.size(1) > context_limit:
+        raise TowerGPTError(
+            f"提示词有 {cache.length + idx.size(1)} 个 token，超过模型上下文 {context_limit} / "
+            f"prompt of {cache.length + idx.size(1)} tokens exceeds the context of {context_limit}"
+        )
+    generator = None
+    if seed is not None:
+        generator = torch.Generator(device=idx.device).manual_seed(seed)
+    seen = torch.zeros(model.config.vocab_size, dtype=torch.bool, device=idx.device)
+    seen[idx[0]] = True
+
+    was_training = model.training
+    model.eval()
+    try:
+        logits = model(idx, kv_cache=cache)[0, -1]              # 预填充：整段提示词只算一次
+        for _ in range(max_new_tokens):
+            token = pick_next_token(logits, seen, temperature, top_k, top_p, repetition_penalty, generator)
+            yield token
+            context_full = cache.length + 1 >= context_limit  # 序列（含刚生成的这个）已到上下文上限
+            if token == eos_id or context_full:
+                break
+            seen[token] = True
+            step_input = torch.tensor([[token]], device=idx.device)
+            logits = model(step_input, kv_cache=cache)[0, -1]  # 之后每步只算 1 个新 token
+    finally:
+        model.train(was_training)
+
+
+def generate(
+    model: GPT,
+    idx: torch.Tensor,
+    max_new_tokens: int,
+    temperature: float = 0.0,
+    top_k: int | None = None,
+    top_p: float | None = None,
+    repetition_penalty: float = 1.0,
+    eos_id: int | None = None,
+    seed: int | None = None,
+) -> torch.Tensor:
+    """续写 idx (1, T)，返回 (1, T + n) 的 LongTensor（n ≤ max_new_tokens）。temperature=0 为贪心解码。"""
+    new_tokens = list(
+        stream_generate(model, idx, max_new_tokens, temperature, top_k, top_p, repetition_penalty, eos_id, seed)
+    )
+    tail = torch.tensor([new_tokens], dtype=idx.dtype, device=idx.device)
+    return torch.cat([idx, tail], dim=1)
+
+
+def stream_text(tokenizer, token_ids: Iterator[int], stop_ids: set[int] = frozenset()) -> Iterator[str]:
+    """把逐个到来的 token id 变成逐段到来的文本。
+
+    不能一个 token 一个 token 地单独解码：一个汉字或 emoji 可能被字节回退拆成 2~4 个 token，
+    单独解码会得到乱码 '�'。做法是：每来一个 token 就把“已生成的全部 id”重新解码，
+    输出比上次多出来的那段文字；若末尾是不完整字符（'�'），先等下一个 token。
+    """
+    ids: list[int] = []
+    printed = ""
+    for token in token_ids:
+        if token in stop_ids:
+            break
+        ids.append(token)
+        text = tokenizer.decode(ids)
+        if text.endswith("\ufffd"):
+            continue
+        yield text[len(printed):]
+        printed = text
+    text = tokenizer.decode(ids)
+    if len(text) > len(printed):
+        yield text[len(printed):]
+
+
+def pick_device(name: str = "auto") -> torch.device:
+    """auto：有 CUDA 用 CUDA，有 Apple MPS 用 MPS，否则 CPU。"""
+    if name != "auto":
+        return torch.device(name)
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+        return torch.device("mps")
+    return torch.device("cpu")
+
+
+def check_sampling_args(args) -> None:
+    """采样参数的合法性检查，给出清楚的错误。"""
+    if args.max_new_tokens < 1:
+        raise TowerGPTError("--max-new-tokens 必须 ≥ 1 / must be at least 1")
+    if args.temperature < 0:
+        raise TowerGPTError("--temperature 不能为负 / must not be negative")
+    if args.top_k is not None and args.top_k < 1:
+        raise TowerGPTError("--top-k 必须 ≥ 1 / must be at least 1")
+    if args.top_p is not None and not 0 < args.top_p <= 1:
+        raise TowerGPTError("--top-p 必须在 (0, 1] 之间 / must be in (0, 1]")
+    if args.repetition_penalty <= 0:
+        raise TowerGPTError("--repetition-penalty 必须 > 0 / must be positive")
+
+
+def generate_cli(args) -> None:
+    """`towergpt generate`：载入检查点，把续写内容边生成边打印到终端。"""
+    from towergpt.checkpoint import load
+
+    check_sampling_args(args)
+    device = pick_device(args.device)
+    model, tokenizer = load(args.ckpt, device)
+    prompt_ids = [tokenizer.bos_id] + tokenizer.encode(args.prompt)
+    idx = torch.tensor([prompt_ids], dtype=torch.long, device=device)
+
+    started = time.perf_counter()
+    tokens = stream_generate(
+        model, idx, args.max_new_tokens, args.temperature, args.top_k, args.top_p,
+        args.repetition_penalty, eos_id=tokenizer.eos_id, seed=args.seed,
+    )
+    count = 0
+
+    def counted(ids):
+        nonlocal count
+        for token in ids:
+            count += 1
+            yield token
+
+    sys.stdout.write(args.prompt)
+    for piece in stream_text(tokenizer, counted(tokens), stop_ids={tokenizer.eos_id}):
+        sys.stdout.write(piece)
+        sys.stdout.flush()
+    sys.stdout.write("\n")
+    elapsed = time.perf_counter() - started
+    print(f"[{count} tokens, {count / max(elapsed, 1e-9):.1f} tok/s]", file=sys.stderr)
