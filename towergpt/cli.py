@@ -29,6 +29,15 @@ def _cmd_tokenizer_train(args: argparse.Namespace) -> None:
     )
 
 
+def _cmd_pretrain(args: argparse.Namespace) -> None:
+    from towergpt.config import load_config
+    from towergpt.train.pretrain import run_pretrain
+
+    summary = run_pretrain(load_config(args.config, args.set), resume=args.resume)
+    print("完成 / done: " + ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
+                                     for k, v in summary.items()))
+
+
 def _cmd_generate(args: argparse.Namespace) -> None:
     from towergpt.generate import generate_cli
 
@@ -48,6 +57,14 @@ def add_sampling_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--repetition-penalty", type=float, default=1.0, help="重复惩罚，>1 抑制重复")
     parser.add_argument("--seed", type=int, default=None, help="随机种子，使采样可复现 / sampling seed")
     parser.add_argument("--device", default="auto", help="cpu / cuda / mps / auto")
+
+
+def add_training_args(parser: argparse.ArgumentParser) -> None:
+    """pretrain / sft / dpo 共用的参数。"""
+    parser.add_argument("--config", required=True, help="YAML 配置文件或预设名（tiny / small / base）")
+    parser.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                        help="覆盖配置中的一项，可重复，例如 --set train.max_steps=100")
+    parser.add_argument("--resume", action="store_true", help="从运行目录的最新检查点继续 / resume from latest")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -72,6 +89,11 @@ def build_parser() -> argparse.ArgumentParser:
     tok_train.add_argument("--character-coverage", type=float, default=0.9995,
                            help="字符覆盖率；其余字符走字节回退 / character coverage")
     tok_train.set_defaults(handler=_cmd_tokenizer_train)
+
+    # towergpt pretrain --config FILE [--set k=v ...] [--resume]
+    pre = commands.add_parser("pretrain", help="在长文本上预训练 / pretrain on long text")
+    add_training_args(pre)
+    pre.set_defaults(handler=_cmd_pretrain)
 
     # towergpt generate ...
     gen = commands.add_parser("generate", help="用检查点续写文本 / continue a prompt")

@@ -20,6 +20,7 @@ from typing import Iterator
 
 import torch
 
+from towergpt.device import pick_device
 from towergpt.errors import TowerGPTError
 from towergpt.model import GPT, KVCache
 
@@ -162,17 +163,6 @@ def stream_text(tokenizer, token_ids: Iterator[int], stop_ids: set[int] = frozen
     text = tokenizer.decode(ids)
     if len(text) > len(printed):
         yield text[len(printed):]
-
-
-def pick_device(name: str = "auto") -> torch.device:
-    """auto：有 CUDA 用 CUDA，有 Apple MPS 用 MPS，否则 CPU。"""
-    if name != "auto":
-        return torch.device(name)
-    if torch.cuda.is_available():
-        return torch.device("cuda")
-    if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
-        return torch.device("mps")
-    return torch.device("cpu")
 
 
 def check_sampling_args(args) -> None:

@@ -345,7 +345,7 @@ class GPT(nn.Module):
             return logits
         # 交叉熵 = -log(模型给正确下一个 token 的概率)，对所有不被忽略的位置取平均
         loss = F.cross_entropy(
-            logits.float().view(-1, logits.size(-1)), targets.view(-1), ignore_index=IGNORE_INDEX
+            logits.float().view(-1, logits.size(-1)), targets.reshape(-1), ignore_index=IGNORE_INDEX
         )
         return logits, loss
 

@@ -1,0 +1,262 @@
+"""唯一的训练循环：预训练、SFT、DPO 都用它，区别只在“目标函数”和“数据”。
+
+一步（step）= 一次参数更新：
+
+    for 每个微批次（grad_accum 次）:
+        损失 = 目标函数(模型, 批次)            # autocast 下前向
+        (损失 / grad_accum).backward()        # 梯度在 .grad 里累加
+    把梯度“反缩放”回真实大小（只有 fp16 需要）
+    裁剪梯度的全局范数                          # 必须在反缩放之后！原项目裁剪的是被放大的梯度
+    损失或梯度不是有限数？跳过这次更新并记录
+    optimizer.step()；清零梯度
+
+目标函数的接口：objective(model, batch, device) -> (loss, tokens)，
+    loss 是标量张量，tokens 是这个批次里的 token 数（用于统计吞吐）。
+训练数据的接口：next_batch(batch_size)、state_dict()、load_state_dict()。
+验证数据的接口：iter_eval_batches(batch_size, max_batches)、characters_per_token。
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+from towergpt.config import RunConfig, save_config
+from towergpt.errors import TowerGPTError
+from towergpt.train import precision
+from towergpt.train.checkpointing import latest_checkpoint, load_checkpoint, save_checkpoint
+from towergpt.train.metrics import MetricsLogger
+from towergpt.train.optim import build_optimizer, learning_rate
+from towergpt.train.signals import StopRequest
+
+
+@dataclass
+class TrainProgress:
+    """训练进度：会随检查点一起保存，续训时原样恢复。"""
+
+    step: int = 0
+    tokens_seen: int = 0
+    elapsed_s: float = 0.0
+    bad_streak: int = 0              # 连续出现非有限损失/梯度的步数
+    last_eval: dict = field(default_factory=dict)
+
+
+class Trainer:
+    """把模型、目标函数、数据和配置组装起来，跑完整个训练。"""
+
+    def __init__(self, config: RunConfig, model, tokenizer, objective, train_data, val_data=None):
+        self.config = config
+        self.tokenizer = tokenizer
+        self.objective = objective
+        self.train_data = train_data
+        self.val_data = val_data
+        self.run_dir = Path(config.train.out_dir)
+
+        if config.train.threads > 0:
+            torch.set_num_threads(config.train.threads)
+        self.device = precision.pick_device(config.train.device)
+        self.dtype = precision.pick_dtype(config.train.dtype, self.device)
+        self.model = model.to(self.device)
+        self.optimizer = build_optimizer(self.model, config.optim, self.device)
+        self.scaler = precision.make_grad_scaler(self.device, self.dtype)
+        # torch.compile 返回一个包装后的模型；参数仍是同一份，保存时用未包装的 self.model
+        self.forward_model = torch.compile(self.model) if config.train.compile else self.model
+        self.progress = TrainProgress()
+
+    # ---- 入口 ----------------------------------------------------------------
+
+    def run(self, resume: bool = False) -> dict:
+        """训练到 max_steps（或被信号打断），返回摘要 dict。"""
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        if resume:
+            self._resume()
+        elif latest_checkpoint(self.run_dir) is not None:
+            raise TowerGPTError(
+                f"{self.run_dir} 里已有检查点：续训请加 --resume，重新开始请换一个 train.out_dir / "
+                f"checkpoints exist: pass --resume, or choose another train.out_dir"
+            )
+        save_config(self.config, self.run_dir / "config.yaml")
+        self.metrics = MetricsLogger(self.run_dir, resume_step=self.progress.step)
+        try:
+            stopped_by = self._loop()
+        finally:
+            self.metrics.close()
+        return self._summary(stopped_by)
+
+    def _loop(self) -> str:
+        train = self.config.train
+        bar = tqdm(total=train.max_steps, initial=self.progress.step, unit="step", dynamic_ncols=True,
+                   desc="训练 / train")
+        self.model.train()
+        with StopRequest() as stop, bar:
+            while self.progress.step < train.max_steps:
+                step = self.progress.step + 1
+                row = self._train_step(step)
+                self.progress.step = step
+                if step % train.log_every == 0 or step in (1, train.max_steps) or row.get("skipped"):
+                    self.metrics.log(row)
+                if self.progress.bad_streak >= train.max_bad_steps:
+                    self._stop_after_bad_steps()
+                bar.update(1)
+                bar.set_postfix(loss=f"{row['loss']:.3f}", lr=f"{row['lr']:.2e}", tok_s=f"{row['tok_per_s']:.0f}")
+                finishing = step == train.max_steps
+                if (train.eval_every and step % train.eval_every == 0) or finishing:
+                    self._evaluate(bar)
+                if (train.save_every and step % train.save_every == 0) or finishing or stop.requested:
+                    self._save()
+                if stop.requested:
+                    bar.write(f"已在第 {step} 步保存并停止 / saved at step {step} and stopped")
+                    return stop.signal_name
+        return "max_steps"
+
+    # ---- 一步训练 --------------------------------------------------------------
+
+    def _train_step(self, step: int) -> dict:
+        train, optim = self.config.train, self.config.optim
+        started = time.perf_counter()
+        lr = learning_rate(step, optim, train.max_steps)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+
+        loss_sum = torch.zeros((), device=self.device)
+        tokens = 0
+        for _ in range(train.grad_accum):
+            batch = self.train_data.next_batch(train.micro_batch_size)
+            with precision.autocast(self.device, self.dtype):
+                loss, batch_tokens = self.objective(self.forward_model, batch, self.device)
+            # 除以 grad_accum：累积 N 个微批次的梯度之和 = N 倍，除掉后等于大批次的平均梯度
+            self.scaler.scale(loss / train.grad_accum).backward()
+            loss_sum += loss.detach()
+            tokens += batch_tokens
+
+        # 先把 fp16 放大过的梯度缩回真实大小，再裁剪 —— 顺序反了，裁剪阈值就失去意义
+        self.scaler.unscale_(self.optimizer)
+        max_norm = optim.grad_clip if optim.grad_clip > 0 else float("inf")
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), max_norm)
+        mean_loss = (loss_sum / train.grad_accum).item()
+        finite = math.isfinite(mean_loss) and (self.scaler.is_enabled() or bool(torch.isfinite(grad_norm)))
+        if finite:
+            self.scaler.step(self.optimizer)  # fp16 下若梯度含 inf，scaler 自己会跳过并调小放大倍数
+            self.scaler.update()
+            self.progress.bad_streak = 0
+        else:
+            self._on_bad_step(step, mean_loss, float(grad_norm))
+        self.optimizer.zero_grad(set_to_none=True)
+
+        seconds = time.perf_counter() - started
+        self.progress.tokens_seen += tokens
+        self.progress.elapsed_s += seconds
+        return {
+            "step": step, "tokens": self.progress.tokens_seen, "loss": mean_loss, "lr": lr,
+            "grad_norm": float(grad_norm), "tok_per_s": tokens / max(seconds, 1e-9),
+            "elapsed_s": round(self.progress.elapsed_s, 3), **({} if finite else {"skipped": True}),
+        }
+
+    def _on_bad_step(self, step: int, loss: float, grad_norm: float) -> None:
+        """损失或梯度是 NaN/inf：这一步不更新参数，只记录下来。"""
+        self.progress.bad_streak += 1
+        tqdm.write(f"第 {step} 步损失/梯度非有限（loss={loss}, grad_norm={grad_norm}），跳过更新 / "
+                   f"non-finite step skipped")
+
+    def _stop_after_bad_steps(self) -> None:
+        """连续太多步非有限：参数仍是最后一次正常更新后的状态，保存它并清楚地停下。"""
+        path = self._save()
+        raise TowerGPTError(
+            f"连续 {self.progress.bad_streak} 步损失或梯度为 NaN/inf，已停止；参数仍是最后一次正常更新后的状态，"
+            f"已保存到 {path}。可尝试降低 optim.lr、开启 optim.grad_clip 或改用 bfloat16 / "
+            f"{self.progress.bad_streak} non-finite steps in a row; last good state saved"
+        )
+
+    # ---- 评估 ----------------------------------------------------------------
+
+    @torch.no_grad()
+    def evaluate(self) -> dict:
+        """在验证集上算平均损失、困惑度和每字符比特数（bpc）。"""
+        if self.val_data is None:
+            return {}
+        self.model.eval()
+        loss_total, token_total = 0.0, 0
+        batches = self.val_data.iter_eval_batches(self.config.train.micro_batch_size,
+                                                  self.config.data.eval_batches or None)
+        for batch in batches:
+            with precision.autocast(self.device, self.dtype):
+                loss, _ = self.objective(self.forward_model, batch, self.device)
+            targets = _count_targets(batch)
+            loss_total += loss.item() * targets
+            token_total += targets
+        self.model.train()
+        if token_total == 0:
+            return {}
+        val_loss = loss_total / token_total
+        result = {"val_loss": val_loss, "val_ppl": math.exp(min(val_loss, 50.0))}
+        chars_per_token = getattr(self.val_data, "characters_per_token", None)
+        if chars_per_token:
+            # bpc = 每个 token 的比特数 / 每个 token 平均几个字符；与分词器无关，不同词表的模型可以直接比
+            result["val_bpc"] = val_loss / math.log(2) / chars_per_token
+        return result
+
+    def _evaluate(self, bar) -> None:
+        result = self.evaluate()
+        if not result:
+            return
+        self.progress.last_eval = result
+        self.metrics.log({"step": self.progress.step, **result})
+        parts = ", ".join(f"{k}={v:.4f}" for k, v in result.items())
+        bar.write(f"[step {self.progress.step}] {parts}")
+
+    # ---- 检查点 --------------------------------------------------------------
+
+    def _trainer_state(self) -> dict:
+        state = {
+            "progress": {
+                "step": self.progress.step, "tokens_seen": self.progress.tokens_seen,
+                "elapsed_s": self.progress.elapsed_s, "bad_streak": self.progress.bad_streak,
+                "last_eval": dict(self.progress.last_eval),
+            },
+            "optimizer": self.optimizer.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "data": self.train_data.state_dict(),
+            # 随机数状态：dropout 等用到随机数的地方续训后与不中断时完全一致
+            "rng_cpu": torch.get_rng_state(),
+        }
+        if self.device.type == "cuda":
+            state["rng_cuda"] = torch.cuda.get_rng_state(self.device)
+        return state
+
+    def _save(self) -> Path:
+        return save_checkpoint(self.run_dir, self.progress.step, self.model, self.tokenizer,
+                               self._trainer_state(), self.config.train.keep_last)
+
+    def _resume(self) -> None:
+        directory = latest_checkpoint(self.run_dir)
+        if directory is None:
+            raise TowerGPTError(f"--resume：{self.run_dir} 里没有检查点 / no checkpoint to resume from")
+        state = load_checkpoint(directory, self.model)
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scaler.load_state_dict(state["scaler"])
+        self.train_data.load_state_dict(state["data"])
+        torch.set_rng_state(state["rng_cpu"])
+        if "rng_cuda" in state and self.device.type == "cuda":
+            torch.cuda.set_rng_state(state["rng_cuda"], self.device)
+        self.progress = TrainProgress(**state["progress"])
+        print(f"从 {directory} 续训（第 {self.progress.step} 步）/ resuming from step {self.progress.step}")
+
+    def _summary(self, stopped_by: str) -> dict:
+        return {
+            "step": self.progress.step,
+            "tokens_seen": self.progress.tokens_seen,
+            "elapsed_s": round(self.progress.elapsed_s, 2),
+            "stopped_by": stopped_by,
+            **self.progress.last_eval,
+        }
+
+
+def _count_targets(batch) -> int:
+    """批次里参与损失的目标 token 数（标签不等于 -100 的位置）。"""
+    targets = batch[1] if isinstance(batch, (tuple, list)) else batch["targets"]
+    return int((targets != -100).sum())

@@ -1,0 +1,68 @@
+"""预训练入口：`towergpt pretrain --config FILE`。
+
+目标函数就是语言模型最朴素的任务：给定前面的 token，预测下一个。
+数据是把所有文档首尾相接、切成固定长度窗口的“打包流”（见 data/pretrain_dataset.py），
+没有一个 token 被浪费在 padding 上。
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from towergpt.config import RunConfig
+from towergpt.errors import TowerGPTError
+from towergpt.model import GPT
+from towergpt.train.loop import Trainer
+
+
+def language_model_objective(model, batch, device):
+    """(x, y) 都是 (B, T)：y 是 x 向左错一位。返回 (平均交叉熵, 本批 token 数)。"""
+    inputs, targets = batch
+    inputs = inputs.to(device, non_blocking=True)
+    targets = targets.to(device, non_blocking=True)
+    _, loss = model(inputs, targets)
+    return loss, inputs.numel()
+
+
+def resolve_vocab_size(config: RunConfig, tokenizer) -> None:
+    """model.vocab_size = 0 表示“跟随分词器”：取分词器词表大小并向上取到 64 的倍数
+    （矩阵维度是 64 的倍数时 GPU 上的矩阵乘更快；多出的几个 id 从不出现，无害）。"""
+    if config.model.vocab_size == 0:
+        config.model.vocab_size = 64 * -(-tokenizer.vocab_size // 64)
+    elif config.model.vocab_size < tokenizer.vocab_size:
+        raise TowerGPTError(
+            f"model.vocab_size={config.model.vocab_size} 小于分词器词表 {tokenizer.vocab_size} / "
+            f"smaller than the tokenizer's vocabulary (use 0 to follow the tokenizer)"
+        )
+
+
+def build_model(config: RunConfig) -> GPT:
+    """按配置和种子构造随机初始化的模型，并打印它有多大。"""
+    torch.manual_seed(config.train.seed)
+    model = GPT(config.model)
+    print(f"模型参数 / parameters: {model.num_params() / 1e6:.2f}M "
+          f"（不含词向量 / non-embedding {model.num_params(exclude_embedding=True) / 1e6:.2f}M）")
+    return model
+
+
+def run_pretrain(config: RunConfig, resume: bool = False) -> dict:
+    """准备数据、模型和训练循环，训练并返回摘要。"""
+    from towergpt.data.pretrain_dataset import PackedPretrainData
+    from towergpt.tokenizer import Tokenizer
+
+    if not config.data.path:
+        raise TowerGPTError("data.path 未设置：请指向 `towergpt data prepare` 的输出目录 / data.path is not set")
+    data_dir = Path(config.data.path)
+    seq_len, seed = config.model.max_seq_len, config.train.seed
+    train_data = PackedPretrainData(data_dir, "train", seq_len, seed=seed)
+    val_data = PackedPretrainData(data_dir, "val", seq_len, seed=seed)
+    tokenizer = Tokenizer.load(data_dir / "tokenizer")
+    resolve_vocab_size(config, tokenizer)
+    model = build_model(config)
+    tokens_per_step = config.train.micro_batch_size * config.train.grad_accum * seq_len
+    print(f"每步 / per step: {tokens_per_step:,} tokens；训练集一轮 / one epoch: "
+          f"{train_data.num_windows * seq_len:,} tokens")
+    trainer = Trainer(config, model, tokenizer, language_model_objective, train_data, val_data)
+    return trainer.run(resume=resume)
