@@ -29,6 +29,24 @@ def _cmd_tokenizer_train(args: argparse.Namespace) -> None:
     )
 
 
+def _cmd_data_prepare(args: argparse.Namespace) -> None:
+    from towergpt.data.prepare import prepare
+
+    prepare(
+        args.format,
+        inputs=args.input,
+        tokenizer_dir=args.tokenizer,
+        out_dir=args.out,
+        field=args.field,
+        workers=args.workers,
+        val_fraction=args.val_fraction,
+        skip_bad=args.skip_bad,
+        shard_tokens=args.shard_tokens,
+        seed=args.seed,
+        overwrite=args.overwrite,
+    )
+
+
 def _cmd_pretrain(args: argparse.Namespace) -> None:
     from towergpt.config import load_config
     from towergpt.train.pretrain import run_pretrain
@@ -36,6 +54,12 @@ def _cmd_pretrain(args: argparse.Namespace) -> None:
     summary = run_pretrain(load_config(args.config, args.set), resume=args.resume)
     print("完成 / done: " + ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
                                      for k, v in summary.items()))
+
+
+def _cmd_quickstart(args: argparse.Namespace) -> None:
+    from towergpt.quickstart import run_quickstart
+
+    run_quickstart(out_dir=args.out, minutes=args.minutes, device=args.device)
 
 
 def _cmd_generate(args: argparse.Namespace) -> None:
@@ -80,7 +104,7 @@ def build_parser() -> argparse.ArgumentParser:
     tok_commands = tok.add_subparsers(dest="tokenizer_command", metavar="ACTION")
     tok_commands.required = True
     tok_train = tok_commands.add_parser("train", help="从 txt / jsonl / json 训练 BPE 分词器")
-    tok_train.add_argument("--input", nargs="+", required=True, help="语料文件（.txt .jsonl .json）")
+    tok_train.add_argument("--input", nargs="+", required=True, help="语料文件（.txt .jsonl .json .parquet）")
     tok_train.add_argument("--vocab-size", type=int, required=True, help="词表大小，例如 8000")
     tok_train.add_argument("--out", required=True, help="输出目录 / output directory")
     tok_train.add_argument("--field", default="text", help="JSON 记录里文本字段名，默认 text")
@@ -89,6 +113,32 @@ def build_parser() -> argparse.ArgumentParser:
     tok_train.add_argument("--character-coverage", type=float, default=0.9995,
                            help="字符覆盖率；其余字符走字节回退 / character coverage")
     tok_train.set_defaults(handler=_cmd_tokenizer_train)
+
+    # towergpt data prepare --input F... --tokenizer DIR --out DIR [--format pretrain] ...
+    data = commands.add_parser("data", help="语料处理 / corpus processing")
+    data_commands = data.add_subparsers(dest="data_command", metavar="ACTION")
+    data_commands.required = True
+    prep = data_commands.add_parser("prepare", help="把语料分词、存成 token 分片 / tokenise a corpus into shards")
+    prep.add_argument("--input", nargs="+", required=True, help="语料文件（.txt .jsonl .json .parquet）")
+    prep.add_argument("--tokenizer", required=True, help="分词器目录 / tokenizer directory")
+    prep.add_argument("--out", required=True, help="输出目录 / output directory")
+    prep.add_argument("--format", default="pretrain", choices=["pretrain", "sft", "dpo"],
+                      help="数据种类，目前只实现了 pretrain / kind of data (only pretrain for now)")
+    prep.add_argument("--field", default="text", help="JSON / Parquet 记录里文本字段名，默认 text")
+    prep.add_argument("--workers", type=int, default=None, help="分词进程数，默认 CPU 核数；1 = 不开进程池")
+    prep.add_argument("--val-fraction", type=float, default=0.01, help="划入验证集的文档比例，默认 0.01")
+    prep.add_argument("--skip-bad", action="store_true", help="跳过坏记录并记到 skipped.txt / skip bad records")
+    prep.add_argument("--shard-tokens", type=int, default=100_000_000, help="每个分片最多多少 token")
+    prep.add_argument("--seed", type=int, default=0, help="划分验证集的种子 / seed of the train/val split")
+    prep.add_argument("--overwrite", action="store_true", help="替换已有的数据目录 / replace an existing data dir")
+    prep.set_defaults(handler=_cmd_data_prepare)
+
+    # towergpt quickstart [--out DIR] [--minutes M]
+    quick = commands.add_parser("quickstart", help="一条命令跑通整条流水线（内置语料）/ the whole pipeline")
+    quick.add_argument("--out", default="runs/quickstart", help="输出目录 / output directory")
+    quick.add_argument("--minutes", type=float, default=10.0, help="预训练的分钟数 / minutes of pretraining")
+    quick.add_argument("--device", default="auto", help="cpu / cuda / mps / auto")
+    quick.set_defaults(handler=_cmd_quickstart)
 
     # towergpt pretrain --config FILE [--set k=v ...] [--resume]
     pre = commands.add_parser("pretrain", help="在长文本上预训练 / pretrain on long text")
