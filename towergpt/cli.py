@@ -62,6 +62,12 @@ def _cmd_quickstart(args: argparse.Namespace) -> None:
     run_quickstart(out_dir=args.out, minutes=args.minutes, device=args.device)
 
 
+def _cmd_chat(args: argparse.Namespace) -> None:
+    from towergpt.chat import chat_cli
+
+    chat_cli(args)
+
+
 def _cmd_generate(args: argparse.Namespace) -> None:
     from towergpt.generate import generate_cli
 
@@ -151,6 +157,14 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--prompt", required=True, help="开头文本 / prompt text")
     add_sampling_args(gen)
     gen.set_defaults(handler=_cmd_generate)
+
+    # towergpt chat ...
+    chat = commands.add_parser("chat", help="多轮对话（流式）/ multi-turn streaming chat")
+    chat.add_argument("--ckpt", required=True, help="运行目录或检查点目录 / run or checkpoint dir")
+    chat.add_argument("--system", default=None, help="系统提示词 / system prompt")
+    chat.add_argument("--message", default=None, help="只问一句，答案打印到标准输出 / one exchange, then exit")
+    add_sampling_args(chat)
+    chat.set_defaults(handler=_cmd_chat, temperature=0.7, top_p=0.9, repetition_penalty=1.1)
 
     return parser
 

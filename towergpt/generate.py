@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import sys
 import time
-from typing import Iterator
+from typing import Iterable, Iterator
 
 import torch
 
@@ -83,11 +83,12 @@ def stream_generate(
     top_k: int | None = None,
     top_p: float | None = None,
     repetition_penalty: float = 1.0,
-    eos_id: int | None = None,
+    eos_id: int | Iterable[int] | None = None,
     seed: int | None = None,
     kv_cache: KVCache | None = None,
 ) -> Iterator[int]:
-    """逐个产出新 token 的 id（不含提示词）。遇到 eos_id（会产出它）、达到上限或上下文满时停止。
+    """逐个产出新 token 的 id（不含提示词）。遇到 eos_id（会产出它；可以给多个，例如聊天时的
+    <|im_end|> 和 </s>）、达到上限或上下文满时停止。
 
     idx (1, T) 是提示词。给了 kv_cache 时，缓存里已有的内容被当作 idx 之前的上下文（聊天复用历史）。
     """
@@ -103,6 +104,7 @@ def stream_generate(
     generator = None
     if seed is not None:
         generator = torch.Generator(device=idx.device).manual_seed(seed)
+    stop_ids = {eos_id} if isinstance(eos_id, int) else set(eos_id or ())
     seen = torch.zeros(model.config.vocab_size, dtype=torch.bool, device=idx.device)
     seen[idx[0]] = True
 
@@ -114,7 +116,7 @@ def stream_generate(
             token = pick_next_token(logits, seen, temperature, top_k, top_p, repetition_penalty, generator)
             yield token
             context_full = cache.length + 1 >= context_limit  # 序列（含刚生成的这个）已到上下文上限
-            if token == eos_id or context_full:
+            if token in stop_ids or context_full:
                 break
             seen[token] = True
             step_input = torch.tensor([[token]], device=idx.device)
@@ -131,7 +133,7 @@ def generate(
     top_k: int | None = None,
     top_p: float | None = None,
     repetition_penalty: float = 1.0,
-    eos_id: int | None = None,
+    eos_id: int | Iterable[int] | None = None,
     seed: int | None = None,
 ) -> torch.Tensor:
     """续写 idx (1, T)，返回 (1, T + n) 的 LongTensor（n ≤ max_new_tokens）。temperature=0 为贪心解码。"""

@@ -106,7 +106,7 @@ def _measure_step_seconds(config) -> float:
     data_dir = Path(config.data.path)
     data = PackedPretrainData(data_dir, "train", config.model.max_seq_len, seed=config.train.seed)
     resolve_vocab_size(config, Tokenizer.load(data_dir / "tokenizer"))
-    trainer = Trainer(config, build_model(config), None, language_model_objective, data)
+    trainer = Trainer(config, build_model(config, verbose=False), None, language_model_objective, data)
     trainer.train_step(1)
     started = time.perf_counter()
     for step in range(2, 5):

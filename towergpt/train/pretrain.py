@@ -38,12 +38,13 @@ def resolve_vocab_size(config: RunConfig, tokenizer) -> None:
         )
 
 
-def build_model(config: RunConfig) -> GPT:
+def build_model(config: RunConfig, verbose: bool = True) -> GPT:
     """按配置和种子构造随机初始化的模型，并打印它有多大。"""
     torch.manual_seed(config.train.seed)
     model = GPT(config.model)
-    print(f"模型参数 / parameters: {model.num_params() / 1e6:.2f}M "
-          f"（不含词向量 / non-embedding {model.num_params(exclude_embedding=True) / 1e6:.2f}M）")
+    if verbose:
+        print(f"模型参数 / parameters: {model.num_params() / 1e6:.2f}M "
+              f"（不含词向量 / non-embedding {model.num_params(exclude_embedding=True) / 1e6:.2f}M）")
     return model
 
 
