@@ -90,3 +90,16 @@ def test_generate_restores_training_mode(model):
     generate(model, torch.tensor([[1]]), 2)
     assert model.training
     model.eval()
+
+
+def test_batched_greedy_with_left_padding_equals_one_at_a_time(model):
+    from towergpt.generate import generate_batch_greedy
+
+    prompts = [[5, 6, 7, 8, 9, 10], [11, 12], [13, 14, 15]]
+    batched = generate_batch_greedy(model, prompts, 8, pad_id=0)
+    for prompt, got in zip(prompts, batched):
+        alone = generate(model, torch.tensor([prompt]), 8)[0, len(prompt):].tolist()
+        assert got == alone
+    stop = batched[0][3]
+    cut = generate_batch_greedy(model, prompts[:1], 8, pad_id=0, eos_id=stop)
+    assert cut == [batched[0][:batched[0].index(stop)]]

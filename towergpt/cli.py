@@ -32,34 +32,45 @@ def _cmd_tokenizer_train(args: argparse.Namespace) -> None:
 def _cmd_data_prepare(args: argparse.Namespace) -> None:
     from towergpt.data.prepare import prepare
 
-    prepare(
-        args.format,
-        inputs=args.input,
-        tokenizer_dir=args.tokenizer,
-        out_dir=args.out,
-        field=args.field,
-        workers=args.workers,
-        val_fraction=args.val_fraction,
-        skip_bad=args.skip_bad,
-        shard_tokens=args.shard_tokens,
-        seed=args.seed,
-        overwrite=args.overwrite,
-    )
+    common = dict(inputs=args.input, tokenizer_dir=args.tokenizer, out_dir=args.out, workers=args.workers,
+                  val_fraction=args.val_fraction, skip_bad=args.skip_bad, shard_tokens=args.shard_tokens,
+                  seed=args.seed, overwrite=args.overwrite)
+    # 只属于某一种数据的选项：给错了种类就说清楚，而不是悄悄忽略
+    if args.format != "pretrain" and args.field is not None:
+        raise TowerGPTError("--field 只用于 --format pretrain（对话记录的字段由格式决定）"
+                            " / --field only applies to --format pretrain")
+    if args.format != "sft" and args.max_seq_len is not None:
+        raise TowerGPTError("--max-seq-len 只用于 --format sft / --max-seq-len only applies to --format sft")
+    if args.format == "pretrain":
+        common["field"] = "text" if args.field is None else args.field
+    elif args.format == "sft":
+        common["max_seq_len"] = 1024 if args.max_seq_len is None else args.max_seq_len
+    prepare(args.format, **common)
 
 
 def _cmd_pretrain(args: argparse.Namespace) -> None:
     from towergpt.config import load_config
     from towergpt.train.pretrain import run_pretrain
 
-    summary = run_pretrain(load_config(args.config, args.set), resume=args.resume)
+    _print_summary(run_pretrain(load_config(args.config, args.set), resume=args.resume))
+
+
+def _print_summary(summary: dict) -> None:
     print("完成 / done: " + ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
                                      for k, v in summary.items()))
+
+
+def _cmd_sft(args: argparse.Namespace) -> None:
+    from towergpt.config import load_config
+    from towergpt.train.sft import run_sft
+
+    _print_summary(run_sft(load_config(args.config, args.set), resume=args.resume))
 
 
 def _cmd_quickstart(args: argparse.Namespace) -> None:
     from towergpt.quickstart import run_quickstart
 
-    run_quickstart(out_dir=args.out, minutes=args.minutes, device=args.device)
+    run_quickstart(out_dir=args.out, minutes=args.minutes, sft_minutes=args.sft_minutes, device=args.device)
 
 
 def _cmd_chat(args: argparse.Namespace) -> None:
@@ -129,10 +140,13 @@ def build_parser() -> argparse.ArgumentParser:
     prep.add_argument("--tokenizer", required=True, help="分词器目录 / tokenizer directory")
     prep.add_argument("--out", required=True, help="输出目录 / output directory")
     prep.add_argument("--format", default="pretrain", choices=["pretrain", "sft", "dpo"],
-                      help="数据种类，目前只实现了 pretrain / kind of data (only pretrain for now)")
-    prep.add_argument("--field", default="text", help="JSON / Parquet 记录里文本字段名，默认 text")
+                      help="数据种类：pretrain（长文本）、sft（对话）；dpo 尚未实现 / kind of data")
+    prep.add_argument("--field", default=None, help="pretrain：JSON / Parquet 记录里文本字段名，默认 text")
+    prep.add_argument("--max-seq-len", type=int, default=None,
+                      help="sft：训练的序列长度，默认 1024；每段对话至多 max_seq_len+1 个 token，"
+                           "更长的整轮丢弃最早的对话 / sft: training sequence length")
     prep.add_argument("--workers", type=int, default=None, help="分词进程数，默认 CPU 核数；1 = 不开进程池")
-    prep.add_argument("--val-fraction", type=float, default=0.01, help="划入验证集的文档比例，默认 0.01")
+    prep.add_argument("--val-fraction", type=float, default=0.01, help="划入验证集的文档（对话）比例，默认 0.01")
     prep.add_argument("--skip-bad", action="store_true", help="跳过坏记录并记到 skipped.txt / skip bad records")
     prep.add_argument("--shard-tokens", type=int, default=100_000_000, help="每个分片最多多少 token")
     prep.add_argument("--seed", type=int, default=0, help="划分验证集的种子 / seed of the train/val split")
@@ -142,7 +156,8 @@ def build_parser() -> argparse.ArgumentParser:
     # towergpt quickstart [--out DIR] [--minutes M]
     quick = commands.add_parser("quickstart", help="一条命令跑通整条流水线（内置语料）/ the whole pipeline")
     quick.add_argument("--out", default="runs/quickstart", help="输出目录 / output directory")
-    quick.add_argument("--minutes", type=float, default=10.0, help="预训练的分钟数 / minutes of pretraining")
+    quick.add_argument("--minutes", type=float, default=8.0, help="预训练的分钟数 / minutes of pretraining")
+    quick.add_argument("--sft-minutes", type=float, default=3.0, help="对话微调的分钟数 / minutes of SFT")
     quick.add_argument("--device", default="auto", help="cpu / cuda / mps / auto")
     quick.set_defaults(handler=_cmd_quickstart)
 
@@ -150,6 +165,11 @@ def build_parser() -> argparse.ArgumentParser:
     pre = commands.add_parser("pretrain", help="在长文本上预训练 / pretrain on long text")
     add_training_args(pre)
     pre.set_defaults(handler=_cmd_pretrain)
+
+    # towergpt sft --config FILE [--set k=v ...] [--resume]
+    sft = commands.add_parser("sft", help="对话微调（只在助手的话上算损失）/ dialogue fine-tuning")
+    add_training_args(sft)
+    sft.set_defaults(handler=_cmd_sft)
 
     # towergpt generate ...
     gen = commands.add_parser("generate", help="用检查点续写文本 / continue a prompt")

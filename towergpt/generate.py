@@ -144,6 +144,54 @@ def generate(
     return torch.cat([idx, tail], dim=1)
 
 
+@torch.inference_mode()
+def generate_batch_greedy(
+    model: GPT,
+    prompts: list[list[int]],
+    max_new_tokens: int,
+    pad_id: int,
+    eos_id: int | Iterable[int] | None = None,
+) -> list[list[int]]:
+    """一次为多条提示词做贪心解码，返回每条新生成的 id（截到第一个停止 token 之前）。
+
+    提示词长短不一，用**左** padding 对齐：这样每条的最后一个 token 都在同一列，
+    下一步要预测的位置也对齐了。attention_mask 让真 token 看不见 padding，
+    位置编号也只数真 token（见 model.GPT.forward），所以结果与逐条单独生成相同。
+    """
+    stop_ids = {eos_id} if isinstance(eos_id, int) else set(eos_id or ())
+    device = model.embed.weight.device
+    width = max(len(p) for p in prompts)
+    if width + max_new_tokens > model.config.max_seq_len:
+        raise TowerGPTError(f"最长的提示词有 {width} 个 token，加上生成部分超过上下文 {model.config.max_seq_len} / "
+                            f"prompt plus generation exceeds the context")
+    idx = torch.full((len(prompts), width), pad_id, dtype=torch.long, device=device)
+    mask = torch.zeros((len(prompts), width), dtype=torch.long, device=device)
+    for row, prompt in enumerate(prompts):
+        idx[row, width - len(prompt):] = torch.tensor(prompt, device=device)
+        mask[row, width - len(prompt):] = 1
+
+    was_training = model.training
+    model.eval()
+    cache = model.new_kv_cache(batch_size=len(prompts), max_len=width + max_new_tokens)
+    logits = model(idx, attention_mask=mask, kv_cache=cache)[:, -1]
+    outputs: list[list[int]] = [[] for _ in prompts]
+    finished = [False] * len(prompts)
+    for _ in range(max_new_tokens):
+        next_ids = logits.argmax(dim=-1)                                # (B,)
+        for row, token in enumerate(next_ids.tolist()):
+            if not finished[row]:
+                if token in stop_ids:
+                    finished[row] = True
+                else:
+                    outputs[row].append(token)
+        if all(finished):
+            break
+        mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
+        logits = model(next_ids.view(-1, 1), attention_mask=mask, kv_cache=cache)[:, -1]
+    model.train(was_training)
+    return outputs
+
+
 def stream_text(tokenizer, token_ids: Iterator[int], stop_ids: set[int] = frozenset()) -> Iterator[str]:
     """把逐个到来的 token id 变成逐段到来的文本。
 

@@ -4,10 +4,13 @@
     2. 分词器   在语料上训练 SentencePiece BPE
     3. 数据     分词、打包成 token 分片
     4. 预训练   tiny 预设，按给定的分钟数折算成步数
-    5. 看效果   用几个中文开头续写（贪心 + 采样），写 summary.json
+    5. 续写     用几个中文开头续写（贪心 + 采样）
+    6. 对话微调 在“判断评论情感”的对话上做 SFT（只在助手的回答上算损失）
+    7. 成绩单   对 1000 条从未训练过的评论逐条对话作答，报告准确率，写 summary.json
 
 所有产物都在 --out 目录（默认 runs/quickstart）里，之后可以用
-`towergpt generate --ckpt runs/quickstart/pretrain --prompt ...` 继续玩。
+`towergpt generate --ckpt runs/quickstart/pretrain --prompt ...` 续写，
+`towergpt chat --ckpt runs/quickstart/sft` 对话。
 """
 
 from __future__ import annotations
@@ -26,11 +29,11 @@ PROMPTS = ["中国人民", "新年伊始，", "今天上午，国务院", "这�
 VOCAB_SIZE = 6000
 
 
-def run_quickstart(out_dir: str = "runs/quickstart", minutes: float = 10.0, device: str = "auto",
-                   vocab_size: int = VOCAB_SIZE) -> dict:
-    """跑完整条流水线，返回（并写出）摘要。"""
-    if minutes <= 0:
-        raise TowerGPTError("--minutes 必须 > 0 / must be positive")
+def run_quickstart(out_dir: str = "runs/quickstart", minutes: float = 8.0, sft_minutes: float = 3.0,
+                   device: str = "auto", vocab_size: int = VOCAB_SIZE) -> dict:
+    """跑完整条流水线，返回（并写出）摘要。minutes 是预训练的分钟数，sft_minutes 是对话微调的分钟数。"""
+    if minutes <= 0 or sft_minutes <= 0:
+        raise TowerGPTError("--minutes 和 --sft-minutes 必须 > 0 / must be positive")
     started = time.perf_counter()
     out = _fresh_output_dir(Path(out_dir))
 
@@ -60,13 +63,20 @@ def run_quickstart(out_dir: str = "runs/quickstart", minutes: float = 10.0, devi
     _banner(5, "续写示例 / samples")
     samples = _print_samples(out / "pretrain")
 
+    _banner(6, f"对话微调约 {sft_minutes:g} 分钟 / dialogue fine-tuning for about {sft_minutes:g} minutes")
+    summary.update(_sft(out, sft_minutes, device))
+
+    _banner(7, "留出评论上的成绩 / accuracy on held-out reviews")
+    summary.update(_evaluate_sentiment(out))
+
     summary.update(minutes=round((time.perf_counter() - started) / 60, 2), samples=samples,
                    corpus=corpus_stats)
     (out / "summary.json").write_text(json.dumps(summary, ensure_ascii=False, indent=2) + "\n", encoding="utf-8")
-    print(json.dumps({k: v for k, v in summary.items() if k not in ("samples", "corpus")}, ensure_ascii=False,
-                     indent=2))
+    shown = {k: v for k, v in summary.items() if k not in ("samples", "corpus", "examples")}
+    print(json.dumps(shown, ensure_ascii=False, indent=2))
     print(f"\n完成！摘要 / summary: {out / 'summary.json'}\n"
-          f"试试 / try: towergpt generate --ckpt {out / 'pretrain'} --prompt 中国人民")
+          f"续写 / generate: towergpt generate --ckpt {out / 'pretrain'} --prompt 中国人民\n"
+          f"对话 / chat:     towergpt chat --ckpt {out / 'sft'}")
     return summary
 
 
@@ -75,17 +85,12 @@ def _pretrain(out: Path, minutes: float, device: str) -> dict:
     from towergpt.config import load_config
     from towergpt.train.pretrain import run_pretrain
 
-    probe = load_config("tiny", [f"data.path={out / 'data'}", f"train.out_dir={out / 'probe'}",
-                                 f"train.device={device}"])
-    seconds_per_step = _measure_step_seconds(probe)
-    # 评估（每 eval_every 步一次）和存检查点也要时间，留 8% 余量
-    steps = max(20, int(minutes * 60 * 0.92 / seconds_per_step))
+    base = [f"data.path={out / 'data'}", f"train.device={device}"]
+    steps = _steps_for(minutes, _measure_step_seconds(_pretrain_probe(load_config("tiny", base))))
     eval_every = max(10, steps // 8)
-    print(f"实测每步约 {seconds_per_step:.2f} 秒 → 训练 {steps} 步 / {seconds_per_step:.2f} s per step → {steps} steps")
-    config = load_config("tiny", [
-        f"data.path={out / 'data'}", f"train.out_dir={out / 'pretrain'}", f"train.device={device}",
-        f"train.max_steps={steps}", f"train.eval_every={eval_every}", f"train.save_every={eval_every * 2}",
-        f"optim.warmup_steps={min(50, steps // 10)}",
+    config = load_config("tiny", base + [
+        f"train.out_dir={out / 'pretrain'}", f"train.max_steps={steps}", f"train.eval_every={eval_every}",
+        f"train.save_every={eval_every * 2}", f"optim.warmup_steps={min(50, steps // 10)}",
     ])
     result = run_pretrain(config)
     return {
@@ -96,8 +101,55 @@ def _pretrain(out: Path, minutes: float, device: str) -> dict:
     }
 
 
-def _measure_step_seconds(config) -> float:
-    """用一个一模一样的模型在真实数据上跑 1 步热身 + 3 步计时。"""
+SFT_SETTINGS = ["train.micro_batch_size=32", "optim.lr=0.001", "optim.min_lr=0.0001", "optim.weight_decay=0.0"]
+
+
+def _sft(out: Path, minutes: float, device: str) -> dict:
+    """把训练部分的评论写成对话，准备数据，从预训练检查点出发做 SFT。"""
+    from towergpt import sentiment_task
+    from towergpt.config import load_config
+    from towergpt.data.prepare import prepare_sft
+    from towergpt.train.sft import run_sft
+
+    dialogues = out / "corpus" / "sentiment_dialogues.jsonl"
+    sentiment_task.write_dialogues(out / "corpus" / "sentiment_train.jsonl", dialogues)
+    prepare_sft([str(dialogues)], str(out / "tokenizer"), str(out / "sft_data"), max_seq_len=256,
+                val_fraction=0.02)
+    base = [f"init_from={out / 'pretrain'}", f"data.path={out / 'sft_data'}", f"train.device={device}",
+            *SFT_SETTINGS]
+    steps = _steps_for(minutes, _measure_step_seconds(_sft_probe(load_config("tiny", base))))
+    eval_every = max(10, steps // 4)
+    config = load_config("tiny", base + [
+        f"train.out_dir={out / 'sft'}", f"train.max_steps={steps}", f"train.eval_every={eval_every}",
+        f"train.save_every={eval_every * 2}", f"optim.warmup_steps={min(30, steps // 10)}",
+    ])
+    result = run_sft(config)
+    return {"sft_steps": result["step"], "sft_val_loss": result.get("val_loss"),
+            "sft_seconds": result["elapsed_s"]}
+
+
+def _evaluate_sentiment(out: Path) -> dict:
+    from towergpt import sentiment_task
+    from towergpt.checkpoint import load
+
+    model, tokenizer = load(out / "sft")
+    result = sentiment_task.evaluate(model, tokenizer, out / "corpus" / "sentiment_heldout.jsonl")
+    print(f"准确率 / accuracy: {result['sentiment_accuracy']:.3f}（多数类基线 / majority baseline "
+          f"{result['majority_baseline']:.3f}，{result['heldout_reviews']} 条从未训练过的评论）\n")
+    for example in result["examples"]:
+        print(f"你 / you > {example['user']}\n助手 / assistant > {example['assistant']}"
+              f"   （标注 / label: {example['label']}）\n")
+    return result
+
+
+def _steps_for(minutes: float, seconds_per_step: float) -> int:
+    # 评估（每 eval_every 步一次）和存检查点也要时间，留 8% 余量
+    steps = max(20, int(minutes * 60 * 0.92 / seconds_per_step))
+    print(f"实测每步约 {seconds_per_step:.2f} 秒 → 训练 {steps} 步 / {seconds_per_step:.2f} s per step → {steps} steps")
+    return steps
+
+
+def _pretrain_probe(config):
     from towergpt.data.pretrain_dataset import PackedPretrainData
     from towergpt.tokenizer import Tokenizer
     from towergpt.train.loop import Trainer
@@ -106,12 +158,31 @@ def _measure_step_seconds(config) -> float:
     data_dir = Path(config.data.path)
     data = PackedPretrainData(data_dir, "train", config.model.max_seq_len, seed=config.train.seed)
     resolve_vocab_size(config, Tokenizer.load(data_dir / "tokenizer"))
-    trainer = Trainer(config, build_model(config, verbose=False), None, language_model_objective, data)
-    trainer.train_step(1)
-    started = time.perf_counter()
-    for step in range(2, 5):
+    return Trainer(config, build_model(config, verbose=False), None, language_model_objective, data)
+
+
+def _sft_probe(config):
+    from towergpt.data.sft_dataset import SFTData
+    from towergpt.train.loop import Trainer
+    from towergpt.train.sft import load_initial_model, make_sft_objective
+
+    data_dir = Path(config.data.path)
+    model, tokenizer = load_initial_model(config, data_dir)
+    data = SFTData(data_dir, "train", config.model.max_seq_len, seed=config.train.seed)
+    return Trainer(config, model, tokenizer, make_sft_objective(tokenizer.pad_id), data)
+
+
+def _measure_step_seconds(trainer) -> float:
+    """在真实数据上跑 2 步热身 + 10 步计时（不写任何文件），取平均。
+
+    对话批次长短不一（按长度分组），所以取平均而不是中位数：中位数会低估长批次拖慢的时间。
+    """
+    for step in (1, 2):
         trainer.train_step(step)
-    return (time.perf_counter() - started) / 3
+    started = time.perf_counter()
+    for step in range(3, 13):
+        trainer.train_step(step)
+    return (time.perf_counter() - started) / 10
 
 
 def _print_samples(run_dir: Path) -> list[dict]:
@@ -151,5 +222,5 @@ def _fresh_output_dir(out: Path) -> Path:
 
 
 def _banner(number: int, title: str) -> None:
-    print(f"\n{'=' * 8} [{number}/5] {title} {'=' * 8}", flush=True)
+    print(f"\n{'=' * 8} [{number}/7] {title} {'=' * 8}", flush=True)
 

@@ -6,7 +6,9 @@
     所以我们“一次分词，永久复用”：把所有 token id 按顺序写进二进制文件，
     训练时用 np.memmap 直接映射进内存，取一段 token 几乎不花时间。
 
-输出目录（`towergpt data prepare --out DIR`）长这样：
+两种数据，两个入口，共用同一套机器（读 -> 分批 -> 多进程分词 -> 划分 train/val -> 写文件）：
+
+预训练数据（`prepare_pretrain`，`--format pretrain`）：
 
     DIR/
       meta.json            说明书：分词器指纹、dtype、每个分片多少 token、文档数、字符数……
@@ -16,21 +18,37 @@
       tokenizer/           分词器副本：数据目录自成一体，拿到它就知道 id 是什么意思
       skipped.txt          （只在 --skip-bad 且真有坏记录时）每行一条：位置<TAB>原因
 
-每篇文档写成 `[bos] + encode(文本) + [eos]`，一篇接一篇首尾相连：
+    每篇文档写成 `[bos] + encode(文本) + [eos]`，一篇接一篇首尾相连：
     - eos 告诉模型“这篇到此为止”，生成时模型也学会在合适的地方停下；
     - bos 让每篇文档的开头和生成时的提示词 `[bos] + encode(提示词)` 长得一样，
       模型在训练里见过“bos 之后是一篇新文章的开头”，推理时就不会觉得突兀。
+
+对话数据（`prepare_sft`，`--format sft`）：
+
+    DIR/
+      meta.json
+      train_tokens_000000.bin   所有对话的 token 首尾相连（按 chat_template.render_chat 渲染）
+      train_mask_000000.bin     与 token 一一对应的 uint8：1 = 这个 token 要算损失（助手说的话）
+      train_index.bin           int64，对话数 + 1 个数：第 i 段对话是 token[index[i]:index[i+1]]
+      val_...                   验证集，同样三种文件
+      tokenizer/  skipped.txt   同上；skipped.txt 里还列出“太长、放不进上下文”的对话
+
+    为什么对话不像预训练那样随便切窗口？一段对话必须完整地待在一条训练样本里：
+    从中间切开，模型会看到“没有问题的回答”或“没有回答的问题”。所以每段对话单独成行，
+    太长的对话按整轮丢掉最早的几轮（见 chat_template.fit_to_context），绝不在一条消息中间截断。
+    分片只在对话之间切开，一段对话永远不会跨两个分片。
 
 几个设计要点（后面的代码里都有详细注释）：
     1. 多进程并行分词，但输出与进程数无关（按顺序收集结果）：workers=1 和 workers=8
        写出的文件逐字节相同。
     2. 内存有界：输入是流式读的，同时“在路上”的批次最多 2×workers 个，
        峰值内存不随语料大小增长——100 GB 的语料也能在小机器上处理。
-    3. 按文档划分验证集：用“文档序号的带种子哈希”决定一篇文档进 train 还是 val，
+    3. 按文档（对话）划分验证集：用“序号的带种子哈希”决定一篇文档进 train 还是 val，
        结果确定、可复现，而且同一篇文档的 token 不会一半在训练集一半在验证集
        （那样验证损失会偏低，因为模型“见过”这篇文章的前半段）。
     4. 要么完整、要么没有：先写到临时目录 `DIR.tmp-<pid>`，全部成功后才改名为 DIR；
        中途出错（坏记录、磁盘满、Ctrl-C）就删掉临时目录，绝不留下一个“看起来完整”的半成品。
+    5. 不悄悄丢数据：空文档、坏记录、被截断的对话、太长的对话，全部计数写进 meta.json。
 """
 
 from __future__ import annotations
@@ -43,10 +61,11 @@ import os
 import shutil
 import signal
 import time
-from collections import deque
+from collections import Counter, deque
+from dataclasses import dataclass, field as dataclass_field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Callable, Iterator, Sequence
 
 import numpy as np
 
@@ -64,8 +83,12 @@ TOKENIZER_SUBDIR = "tokenizer"
 # 而不是把新格式的文件当旧格式读，得到一堆乱码 token。
 FORMAT_VERSION = 1
 
-# 支持的数据种类；sft / dpo 由后续的工作加入。
+# 支持的数据种类；dpo 由后续的工作加入。
 FORMATS = ("pretrain", "sft", "dpo")
+
+# 对话数据里损失掩码和索引的存储类型（固定小端序）
+MASK_DTYPE = np.dtype("u1")
+INDEX_DTYPE = np.dtype("<i8")
 
 # 一批送去分词的文档：最多这么多篇，或者累计这么多字符（先到为准）。
 # 几百篇一批，进程间传递的开销（pickle）就被摊薄了；字符上限防止几篇超长文档撑爆内存。
@@ -85,13 +108,15 @@ _MASK_64 = (1 << 64) - 1
 # ---------------------------------------------------------------------------
 
 def prepare(format: str = "pretrain", **kwargs) -> dict:
-    """按数据种类分派：`--format pretrain` 调 `prepare_pretrain`；sft / dpo 暂未实现。"""
+    """按数据种类分派：`--format pretrain` 调 `prepare_pretrain`，`sft` 调 `prepare_sft`；dpo 暂未实现。"""
     if format == "pretrain":
         return prepare_pretrain(**kwargs)
+    if format == "sft":
+        return prepare_sft(**kwargs)
     if format in FORMATS:
         raise TowerGPTError(
-            f"--format {format} 暂不支持，目前只实现了 pretrain"
-            f" / --format {format} is not yet supported; only pretrain is implemented for now"
+            f"--format {format} 暂不支持，目前只实现了 pretrain 和 sft"
+            f" / --format {format} is not yet supported; only pretrain and sft are implemented for now"
         )
     raise TowerGPTError(
         f"未知的 --format {format!r}，可选 {', '.join(FORMATS)} / unknown format, choose one of {', '.join(FORMATS)}"
@@ -142,42 +167,59 @@ def prepare_pretrain(
     用户能改正的问题（文件不存在、坏记录、参数不对……）都抛 TowerGPTError，
     此时不会留下 out_dir，也不会留下临时目录。
     """
-    from towergpt.data.readers import check_input
-    from towergpt.tokenizer import Tokenizer
+    if not field:
+        raise TowerGPTError("--field 不能为空 / --field must not be empty")
+    job = _start_job(inputs, tokenizer_dir, out_dir, workers, val_fraction, shard_tokens, overwrite)
 
-    if isinstance(inputs, (str, os.PathLike)):
-        inputs = [inputs]
-    paths = [check_input(path) for path in inputs] if inputs else []
-    _check_args(paths, field, workers, val_fraction, shard_tokens)
-    workers = workers or os.cpu_count() or 1
-    out_dir = Path(out_dir)
-    _check_out_dir(out_dir, overwrite, paths, Path(tokenizer_dir))
-    tokenizer = Tokenizer.load(tokenizer_dir)
+    def write(directory: Path) -> dict:
+        return _write_pretrain(job, directory, field, val_fraction, skip_bad, shard_tokens, seed, verbose)
 
-    # 先写临时目录，成功后再改名：改名在同一文件系统里是原子的，
-    # 别人（或训练脚本）看到的 out_dir 要么不存在，要么是完整的。
-    temporary = out_dir.with_name(f"{out_dir.name}.tmp-{os.getpid()}")
-    shutil.rmtree(temporary, ignore_errors=True)
-    started = time.perf_counter()
-    try:
-        temporary.mkdir(parents=True)
-        meta = _write_dataset(paths, tokenizer, Path(tokenizer_dir), temporary, field, workers,
-                              val_fraction, skip_bad, shard_tokens, seed, verbose)
-        _publish(temporary, out_dir)
-    except OSError as err:  # 没有写权限、磁盘满……：说清楚是哪个文件，而不是抛 traceback
-        shutil.rmtree(temporary, ignore_errors=True)
-        raise TowerGPTError(f"{err.filename or out_dir}: 读写失败 / I/O error: {err.strerror or err}") from None
-    except BaseException:  # 其余一切，包括 Ctrl-C（KeyboardInterrupt）：同样不留半成品
-        shutil.rmtree(temporary, ignore_errors=True)
-        raise
+    return _run_job(job, write, verbose)
 
-    elapsed = time.perf_counter() - started
-    input_bytes = sum(item["bytes"] for item in meta["inputs"])
-    summary = dict(meta, out_dir=str(out_dir), elapsed_s=round(elapsed, 3),
-                   mb_per_s=round(input_bytes / 1e6 / max(elapsed, 1e-9), 3), workers=workers)
-    if verbose:
-        print(format_summary(summary))
-    return summary
+
+def prepare_sft(
+    inputs: Sequence[str | os.PathLike],
+    tokenizer_dir: str | os.PathLike,
+    out_dir: str | os.PathLike,
+    max_seq_len: int = 1024,
+    workers: int | None = None,
+    val_fraction: float = 0.01,
+    skip_bad: bool = False,
+    seed: int = 0,
+    overwrite: bool = False,
+    verbose: bool = True,
+    shard_tokens: int = 100_000_000,
+) -> dict:
+    """把对话数据渲染成对话模板的 token 和损失掩码，写成分片，返回摘要 dict（meta.json 的内容 + 用时）。
+
+    参数:
+        inputs:        对话文件（.jsonl .json .parquet），每条记录一段对话，格式见 data/dialogue.py
+                       （prompt/response、Alpaca、OpenAI messages、ShareGPT conversations）。
+        tokenizer_dir: `towergpt tokenizer train` 的输出目录。
+        out_dir:       输出目录，规则同 prepare_pretrain。
+        max_seq_len:   训练时的序列长度（通常等于 model.max_seq_len）。训练用 ids[:-1] 预测 ids[1:]，
+                       所以一段对话最多 max_seq_len + 1 个 token；更长的从最早的一轮开始整轮丢掉
+                       （system 保留），只剩最后一轮仍然放不下的整段跳过，记进 skipped.txt。
+        workers, val_fraction, skip_bad, seed, overwrite, verbose: 同 prepare_pretrain
+                       （验证集按对话划分）。
+        shard_tokens:  每个分片最多多少个 token（分片只在对话之间切开）。
+
+    用户能改正的问题都抛 TowerGPTError，此时不会留下 out_dir，也不会留下临时目录。
+    """
+    if isinstance(max_seq_len, bool) or not isinstance(max_seq_len, int) or max_seq_len < 1:
+        raise TowerGPTError(f"--max-seq-len 必须是正整数 / must be a positive integer, got {max_seq_len}")
+    job = _start_job(inputs, tokenizer_dir, out_dir, workers, val_fraction, shard_tokens, overwrite)
+    for path in job.paths:
+        if path.suffix.lower() == ".txt":  # 读到这个文件之前就说清楚，免得白白处理前面的文件
+            raise TowerGPTError(
+                f"{path}: 对话数据必须是 JSON / JSONL / Parquet（每条记录一段对话），纯文本分不出谁说了什么"
+                f" / dialogue data must be JSON/JSONL/Parquet (one conversation per record), not plain text"
+            )
+
+    def write(directory: Path) -> dict:
+        return _write_sft(job, directory, max_seq_len, val_fraction, skip_bad, shard_tokens, seed, verbose)
+
+    return _run_job(job, write, verbose)
 
 
 def load_meta(data_dir: str | os.PathLike, kind: str | None = None) -> dict:
@@ -215,7 +257,18 @@ def load_meta(data_dir: str | os.PathLike, kind: str | None = None) -> dict:
 
 
 def format_summary(summary: dict) -> str:
-    """把摘要排成几行给人看的中英文。"""
+    """把摘要排成几行给人看的中英文（预训练数据和对话数据各有各的数字）。"""
+    lines = _sft_summary_lines(summary) if summary.get("kind") == "sft" else _pretrain_summary_lines(summary)
+    if summary["skipped_records"]:
+        lines.append(f"  跳过的坏记录 / skipped bad records: {summary['skipped_records']:,}"
+                     f"（清单见 / listed in {Path(summary['out_dir']) / SKIPPED_FILE}）")
+    if "elapsed_s" in summary:
+        lines.append(f"  用时 / time:        {summary['elapsed_s']:.1f} s，{summary['mb_per_s']:.1f} MB/s"
+                     f"（{summary['workers']} 个分词进程 / tokenizer processes）")
+    return "\n".join(lines)
+
+
+def _pretrain_summary_lines(summary: dict) -> list[str]:
     train, val = summary["train"], summary["val"]
     documents = train["documents"] + val["documents"]
     tokens = train["tokens"] + val["tokens"]
@@ -230,24 +283,98 @@ def format_summary(summary: dict) -> str:
     ]
     if summary["empty_documents"]:
         lines.append(f"  空文档（未写入）/ empty documents (not written): {summary['empty_documents']:,}")
-    if summary["skipped_records"]:
-        lines.append(f"  跳过的坏记录 / skipped bad records: {summary['skipped_records']:,}"
-                     f"（清单见 / listed in {Path(summary['out_dir']) / SKIPPED_FILE}）")
-    if "elapsed_s" in summary:
-        lines.append(f"  用时 / time:        {summary['elapsed_s']:.1f} s，{summary['mb_per_s']:.1f} MB/s"
-                     f"（{summary['workers']} 个分词进程 / tokenizer processes）")
-    return "\n".join(lines)
+    return lines
+
+
+def _sft_summary_lines(summary: dict) -> list[str]:
+    train, val = summary["train"], summary["val"]
+    conversations = train["conversations"] + val["conversations"]
+    tokens = train["tokens"] + val["tokens"]
+    assistant = train["assistant_tokens"] + val["assistant_tokens"]
+    share = assistant / tokens if tokens else 0.0
+    formats = "，".join(f"{name} {count:,}" for name, count in summary["formats"].items()) or "-"
+    lines = [
+        f"对话数据已写好 / dialogue data written: {summary['out_dir']}",
+        f"  对话 / conversations: {conversations:,}（训练 train {train['conversations']:,}"
+        f" / 验证 val {val['conversations']:,}）",
+        f"  token:              {tokens:,}，其中算损失的助手 token / assistant (loss) tokens {assistant:,}"
+        f"（{share:.1%}）",
+        f"  格式 / formats:     {formats}",
+        f"  每段至多 / at most: max_seq_len + 1 = {summary['max_seq_len'] + 1} 个 token",
+    ]
+    if summary["truncated_conversations"]:
+        lines.append(f"  截断 / truncated:   {summary['truncated_conversations']:,} 段对话丢掉了最早的"
+                     f" {summary['dropped_messages']:,} 条消息（整轮丢弃，system 保留）"
+                     f" / conversations lost their oldest messages")
+    if summary["too_long_conversations"]:
+        lines.append(f"  太长而跳过 / too long, skipped: {summary['too_long_conversations']:,}（连最后一轮都放不下，"
+                     f"清单见 / listed in {Path(summary['out_dir']) / SKIPPED_FILE}；可调大 --max-seq-len）")
+    return lines
 
 
 # ---------------------------------------------------------------------------
-# 参数与输出目录检查：在读一个字节语料之前先把能发现的问题都报出来
+# 两种数据共用的外壳：检查参数 -> 写临时目录 -> 改名 -> 摘要
 # ---------------------------------------------------------------------------
 
-def _check_args(paths: list[Path], field: str, workers, val_fraction: float, shard_tokens: int) -> None:
+@dataclass
+class _Job:
+    """一次 prepare 的公共部分：输入文件、分词器、输出目录、进程数。"""
+
+    paths: list[Path]
+    tokenizer: object
+    tokenizer_dir: Path
+    out_dir: Path
+    workers: int
+
+
+def _start_job(inputs, tokenizer_dir, out_dir, workers, val_fraction, shard_tokens, overwrite) -> _Job:
+    """在读一个字节语料之前，先把能发现的问题都报出来，然后载入分词器。"""
+    from towergpt.data.readers import check_input
+    from towergpt.tokenizer import Tokenizer
+
+    if isinstance(inputs, (str, os.PathLike)):
+        inputs = [inputs]
+    paths = [check_input(path) for path in inputs] if inputs else []
+    _check_args(paths, workers, val_fraction, shard_tokens)
+    out_dir = Path(out_dir)
+    _check_out_dir(out_dir, overwrite, paths, Path(tokenizer_dir))
+    tokenizer = Tokenizer.load(tokenizer_dir)
+    return _Job(paths, tokenizer, Path(tokenizer_dir), out_dir, workers or os.cpu_count() or 1)
+
+
+def _run_job(job: _Job, write: Callable[[Path], dict], verbose: bool) -> dict:
+    """在临时目录里调用 write(临时目录) 写出全部文件，成功后改名为 out_dir；返回 meta + 用时。
+
+    先写临时目录，成功后再改名：改名在同一文件系统里是原子的，
+    别人（或训练脚本）看到的 out_dir 要么不存在，要么是完整的。
+    """
+    out_dir = job.out_dir
+    temporary = out_dir.with_name(f"{out_dir.name}.tmp-{os.getpid()}")
+    shutil.rmtree(temporary, ignore_errors=True)
+    started = time.perf_counter()
+    try:
+        temporary.mkdir(parents=True)
+        meta = write(temporary)
+        _publish(temporary, out_dir)
+    except OSError as err:  # 没有写权限、磁盘满……：说清楚是哪个文件，而不是抛 traceback
+        shutil.rmtree(temporary, ignore_errors=True)
+        raise TowerGPTError(f"{err.filename or out_dir}: 读写失败 / I/O error: {err.strerror or err}") from None
+    except BaseException:  # 其余一切，包括 Ctrl-C（KeyboardInterrupt）：同样不留半成品
+        shutil.rmtree(temporary, ignore_errors=True)
+        raise
+
+    elapsed = time.perf_counter() - started
+    input_bytes = sum(item["bytes"] for item in meta["inputs"])
+    summary = dict(meta, out_dir=str(out_dir), elapsed_s=round(elapsed, 3),
+                   mb_per_s=round(input_bytes / 1e6 / max(elapsed, 1e-9), 3), workers=job.workers)
+    if verbose:
+        print(format_summary(summary))
+    return summary
+
+
+def _check_args(paths: list[Path], workers, val_fraction: float, shard_tokens: int) -> None:
     if not paths:
         raise TowerGPTError("没有给出语料文件 / no input files given (--input)")
-    if not field:
-        raise TowerGPTError("--field 不能为空 / --field must not be empty")
     if workers is not None and workers < 1:
         raise TowerGPTError(f"--workers 必须是正整数 / must be a positive integer, got {workers}")
     if not 0.0 <= val_fraction < 1.0:
@@ -295,48 +422,12 @@ def _publish(temporary: Path, out_dir: Path) -> None:
     os.replace(temporary, out_dir)
 
 
-# ---------------------------------------------------------------------------
-# 主流程：读 -> 分批 -> 并行分词 -> 划分 train/val -> 写分片
-# ---------------------------------------------------------------------------
-
-def _write_dataset(paths, tokenizer, tokenizer_dir: Path, directory: Path, field: str, workers: int,
-                   val_fraction: float, skip_bad: bool, shard_tokens: int, seed: int, verbose: bool) -> dict:
-    """在 directory（临时目录）里写出全部文件，返回 meta。"""
-    from tqdm import tqdm
-
-    dtype = token_dtype(tokenizer.vocab_size)
-    skipped = _SkippedLog(directory / SKIPPED_FILE)
-    counts = {"empty_documents": 0}
-    total_bytes = sum(path.stat().st_size for path in paths)
-    splitter = _SplitWriter(directory, dtype, shard_tokens, val_fraction, seed)
-
-    # disable=None：标准错误不是终端（被重定向到文件、管道）时不画进度条，
-    # 免得日志里塞满 \r 刷新的半行；出错时 stderr 上也就只有那一行清楚的报错。
-    progress = tqdm(total=total_bytes, unit="B", unit_scale=True, unit_divisor=1000, mininterval=0.5,
-                    desc="分词 / tokenizing", disable=None if verbose else True, dynamic_ncols=True)
-    try:
-        batches = _read_batches(paths, field, skip_bad, skipped.add, progress, counts)
-        # closing()：即使写分片时出错，也立刻关闭生成器，从而立刻结束进程池（而不是等垃圾回收）
-        with contextlib.closing(_tokenize_in_order(batches, tokenizer, tokenizer_dir, dtype, workers)) as tokenized:
-            for characters, flat, lengths in tokenized:
-                splitter.add(flat, lengths, characters)
-        splitter.finish()
-        progress.update(total_bytes - progress.n)  # 进度条走满（按文本字节计数时会略有出入）
-    finally:  # 出错时也要关掉文件（Windows 上打开着的文件删不掉，临时目录就清不干净）
-        progress.close()
-        skipped.close()
-        splitter.close()
-
-    if splitter.documents == 0:
-        names = ", ".join(str(path) for path in paths)
-        raise TowerGPTError(
-            f"语料里没有任何非空文档：{names}（JSON 文件请确认 --field '{field}' 是否正确）"
-            f" / the corpus holds no non-empty documents (for JSON, check --field '{field}')"
-        )
-    tokenizer.save(directory / TOKENIZER_SUBDIR)
-    meta = {
+def _common_meta(job: _Job, kind: str, dtype: np.dtype, val_fraction: float, seed: int, shard_tokens: int) -> dict:
+    """两种数据的 meta.json 共有的字段。"""
+    tokenizer = job.tokenizer
+    return {
         "format_version": FORMAT_VERSION,
-        "kind": "pretrain",
+        "kind": kind,
         "tokenizer_fingerprint": tokenizer.fingerprint,
         "vocab_size": tokenizer.vocab_size,
         "bos_id": tokenizer.bos_id,
@@ -344,42 +435,71 @@ def _write_dataset(paths, tokenizer, tokenizer_dir: Path, directory: Path, field
         "pad_id": tokenizer.pad_id,
         "dtype": dtype.name,             # "uint16" 或 "uint32"，字节序固定为小端
         "byte_order": "little",
-        "field": field,
         "val_fraction": val_fraction,
         "seed": seed,
         "shard_tokens": shard_tokens,
-        "train": splitter.train.stats(),
-        "val": splitter.val.stats(),
-        "empty_documents": counts["empty_documents"],
-        "skipped_records": skipped.count,
-        "inputs": [{"path": str(path.resolve()), "bytes": path.stat().st_size} for path in paths],
-        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
+
+
+def _finish_meta(job: _Job, directory: Path, meta: dict) -> dict:
+    """补上输入文件清单和时间，存一份分词器，写出 meta.json。"""
+    meta["inputs"] = [{"path": str(path.resolve()), "bytes": path.stat().st_size} for path in job.paths]
+    meta["created"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    job.tokenizer.save(directory / TOKENIZER_SUBDIR)
     (directory / META_FILE).write_text(json.dumps(meta, ensure_ascii=False, indent=2) + "\n", encoding="utf-8")
     return meta
 
 
-def _read_batches(paths, field: str, skip_bad: bool, on_bad, progress, counts: dict) -> Iterator[list[str]]:
-    """依次流式读取每个文件，把非空文档凑成一批批交出去；顺带统计空文档、推进进度条。
+# ---------------------------------------------------------------------------
+# 共用的流水线：读 -> 分批 -> 并行分词 -> 划分 train/val 并写出
+# ---------------------------------------------------------------------------
+
+# read_items(路径) 逐条产出 (要送去分词的东西, 字符数, 字节数)；后两者只用来凑批和推进进度条。
+ReadItems = Callable[[Path], Iterator[tuple[object, int, int]]]
+
+
+def _run_pipeline(job: _Job, read_items: ReadItems, encoder_class: type, encoder_args: tuple,
+                  splitter: "_SplitWriter", on_result: Callable[["_Encoded"], None], verbose: bool) -> None:
+    """把 job.paths 全部读完、分词、交给 splitter 写出；每批结果先交给 on_result（计数、记录跳过的）。"""
+    from tqdm import tqdm
+
+    total_bytes = sum(path.stat().st_size for path in job.paths)
+    # disable=None：标准错误不是终端（被重定向到文件、管道）时不画进度条，
+    # 免得日志里塞满 \r 刷新的半行；出错时 stderr 上也就只有那一行清楚的报错。
+    progress = tqdm(total=total_bytes, unit="B", unit_scale=True, unit_divisor=1000, mininterval=0.5,
+                    desc="分词 / tokenizing", disable=None if verbose else True, dynamic_ncols=True)
+    try:
+        batches = _read_batches(job.paths, read_items, progress)
+        encoded_batches = _tokenize_in_order(batches, job.tokenizer, job.tokenizer_dir, job.workers,
+                                             encoder_class, encoder_args)
+        # closing()：即使写分片时出错，也立刻关闭生成器，从而立刻结束进程池（而不是等垃圾回收）
+        with contextlib.closing(encoded_batches) as results:
+            for encoded in results:
+                on_result(encoded)
+                splitter.add(encoded)
+        splitter.finish()
+        progress.update(total_bytes - progress.n)  # 进度条走满（按文本字节计数时会略有出入）
+    finally:  # 出错时也要关掉文件（Windows 上打开着的文件删不掉，临时目录就清不干净）
+        progress.close()
+        splitter.close()
+
+
+def _read_batches(paths: list[Path], read_items: ReadItems, progress) -> Iterator[list]:
+    """依次流式读取每个文件，凑成一批批交出去，顺带推进进度条。
 
     进度条按“输入字节”走。读取器不告诉我们文件读到了哪个位置，
     所以文件内部用文本的 UTF-8 字节数近似（JSON 的引号、字段名、转义不计，会略少），
     每读完一个文件再把进度对齐到文件的真实大小。这样 MB/s 和剩余时间（ETA）都大致可信。
     """
-    from towergpt.data.readers import iter_texts
-
     done_bytes = 0
     for path in paths:
         file_end = done_bytes + path.stat().st_size
-        batch: list[str] = []
+        batch: list = []
         batch_chars = batch_bytes = 0
-        for _, text in iter_texts(path, field=field, skip_bad=skip_bad, on_bad=on_bad):
-            if not text or text.isspace():  # 空白文档：计数，但不写（它只会教模型“bos 后面紧跟 eos”）
-                counts["empty_documents"] += 1
-                continue
-            batch.append(text)
-            batch_chars += len(text)
-            batch_bytes += len(text.encode("utf-8", errors="replace"))
+        for item, characters, size in read_items(path):
+            batch.append(item)
+            batch_chars += characters
+            batch_bytes += size
             if len(batch) >= BATCH_DOCUMENTS or batch_chars >= BATCH_CHARACTERS:
                 progress.update(max(0, min(batch_bytes, file_end - progress.n)))
                 yield batch
@@ -391,74 +511,345 @@ def _read_batches(paths, field: str, skip_bad: bool, on_bad, progress, counts: d
 
 
 # ---------------------------------------------------------------------------
-# 并行分词：结果按提交顺序取回，所以输出与进程数无关
+# 预训练：文本 -> [bos] + ids + [eos]
 # ---------------------------------------------------------------------------
 
-class _Encoder:
-    """把一批文本变成 (每篇的字符数, 拼接好的 token 数组, 每篇的 token 数)。主进程和工作进程共用。
+def _write_pretrain(job: _Job, directory: Path, field: str, val_fraction: float, skip_bad: bool,
+                    shard_tokens: int, seed: int, verbose: bool) -> dict:
+    """在 directory（临时目录）里写出预训练数据的全部文件，返回 meta。"""
+    from towergpt.data.readers import iter_texts
 
-    返回 numpy 数组而不是 list[list[int]]：一个 uint16 数组 pickle 之后只有 2 字节/token，
-    而 Python 的 int 列表要大十几倍，进程间传输会慢得多。
+    dtype = token_dtype(job.tokenizer.vocab_size)
+    counts = {"empty_documents": 0}
+    splitter = _SplitWriter(lambda split: _ShardWriter(directory, split, dtype, shard_tokens), val_fraction, seed)
+
+    with contextlib.closing(_SkippedLog(directory / SKIPPED_FILE)) as skipped:
+        def read_items(path: Path):
+            for _, text in iter_texts(path, field=field, skip_bad=skip_bad, on_bad=skipped.add):
+                if not text or text.isspace():  # 空白文档：计数，但不写（它只会教模型“bos 后面紧跟 eos”）
+                    counts["empty_documents"] += 1
+                    continue
+                yield text, len(text), len(text.encode("utf-8", errors="replace"))
+
+        _run_pipeline(job, read_items, _TextEncoder, (dtype,), splitter, lambda encoded: None, verbose)
+
+    if splitter.kept == 0:
+        names = ", ".join(str(path) for path in job.paths)
+        raise TowerGPTError(
+            f"语料里没有任何非空文档：{names}（JSON 文件请确认 --field '{field}' 是否正确）"
+            f" / the corpus holds no non-empty documents (for JSON, check --field '{field}')"
+        )
+    meta = _common_meta(job, "pretrain", dtype, val_fraction, seed, shard_tokens)
+    meta.update({
+        "field": field,
+        "train": splitter.train.stats(),
+        "val": splitter.val.stats(),
+        "empty_documents": counts["empty_documents"],
+        "skipped_records": skipped.count,
+    })
+    return _finish_meta(job, directory, meta)
+
+
+# ---------------------------------------------------------------------------
+# 对话：记录 -> 消息列表 -> (必要时整轮截断) -> render_chat 的 ids 和 loss_mask
+# ---------------------------------------------------------------------------
+
+def _write_sft(job: _Job, directory: Path, max_seq_len: int, val_fraction: float, skip_bad: bool,
+               shard_tokens: int, seed: int, verbose: bool) -> dict:
+    """在 directory（临时目录）里写出对话数据的全部文件，返回 meta。
+
+    解析记录（record_to_messages）在主进程做：它很便宜，而且坏记录要立刻报错、指明位置。
+    渲染和截断（要分词，贵）在工作进程里做。
+    坏记录（--skip-bad 时）不直接写进 skipped.txt，而是夹在批次里“搭车”走一趟工作进程再回来，
+    这样 skipped.txt 里坏记录和太长的对话严格按输入顺序排列，与进程数无关。
     """
+    dtype = token_dtype(job.tokenizer.vocab_size)
+    formats: Counter = Counter()
+    counts: Counter = Counter()
+    splitter = _SplitWriter(lambda split: _ConversationWriter(directory, split, dtype, shard_tokens),
+                            val_fraction, seed)
+
+    with contextlib.closing(_SkippedLog(directory / SKIPPED_FILE)) as skipped:
+        def on_result(encoded: _Encoded) -> None:
+            counts.update(encoded.counts)
+            for location, reason in encoded.skipped:
+                skipped.add(location, reason)
+
+        read_items = _DialogueReader(skip_bad, formats)
+        _run_pipeline(job, read_items, _ChatEncoder, (dtype, max_seq_len + 1), splitter, on_result, verbose)
+
+    too_long = counts["too_long_conversations"]
+    if splitter.kept == 0:
+        names = ", ".join(str(path) for path in job.paths)
+        message = f"没有任何可用的对话：{names} / no usable conversations"
+        if too_long:
+            message += (f"；{too_long} 段对话连最后一轮都超过 max_seq_len + 1 = {max_seq_len + 1} 个 token，"
+                        f"请调大 --max-seq-len / {too_long} too long for --max-seq-len {max_seq_len}")
+        raise TowerGPTError(message)
+    meta = _common_meta(job, "sft", dtype, val_fraction, seed, shard_tokens)
+    meta.update({
+        "max_seq_len": max_seq_len,      # 每段对话至多 max_seq_len + 1 个 token
+        "im_start_id": job.tokenizer.im_start_id,
+        "im_end_id": job.tokenizer.im_end_id,
+        "mask_dtype": MASK_DTYPE.name,   # "uint8"：1 = 这个 token 算损失
+        "index_dtype": "int64",
+        "train": splitter.train.stats(),
+        "val": splitter.val.stats(),
+        "formats": dict(sorted(formats.items())),
+        "truncated_conversations": counts["truncated_conversations"],
+        "dropped_messages": counts["dropped_messages"],
+        "too_long_conversations": too_long,
+        "skipped_records": skipped.count - too_long,   # skipped.txt 里除去太长的对话，就是坏记录
+    })
+    return _finish_meta(job, directory, meta)
+
+
+class _DialogueReader:
+    """read_items：把一个对话文件读成 (位置, 消息列表 或 None, 跳过原因 或 None) 一条条交出去。
+
+    消息列表为 None 的是 --skip-bad 跳过的坏记录，它们夹在批次里按顺序回到主进程（见 _write_sft）。
+    顺带按格式（prompt_response / alpaca / messages / conversations）计数，写进 meta.json。
+    """
+
+    def __init__(self, skip_bad: bool, formats: Counter):
+        self.skip_bad = skip_bad
+        self.formats = formats
+
+    def __call__(self, path: Path) -> Iterator[tuple[tuple, int, int]]:
+        from towergpt.data.dialogue import DialogueError, parse_record
+        from towergpt.data.readers import iter_records, record_location
+
+        bad: list[tuple[str, str]] = []   # 读取器发现的坏记录（坏 JSON、非 UTF-8……），在下一条好记录之前交出
+        records = iter_records(path, skip_bad=self.skip_bad, on_bad=lambda where, why: bad.append((where, why)))
+        for number, record in records:
+            yield from self._flush(bad)
+            location = record_location(path, number)
+            try:
+                kind, messages = parse_record(record, location)
+            except DialogueError as error:
+                if not self.skip_bad:
+                    raise
+                yield (error.location, None, error.reason), 0, 0
+                continue
+            self.formats[kind] += 1
+            characters = sum(len(message["content"]) for message in messages)
+            size = sum(len(message["content"].encode("utf-8")) for message in messages)
+            yield (location, messages, None), characters, size
+        yield from self._flush(bad)
+
+    @staticmethod
+    def _flush(bad: list) -> Iterator[tuple[tuple, int, int]]:
+        for where, why in bad:
+            yield (where, None, why), 0, 0
+        bad.clear()
+
+
+# ---------------------------------------------------------------------------
+# 分词器（主进程和工作进程共用）：一批输入 -> 一个 _Encoded
+# ---------------------------------------------------------------------------
+
+@dataclass
+class _Documents:
+    """若干篇文档（或对话）的 token，按篇首尾相连地放在一维数组里。
+
+    lengths:  (n,) 每篇多少个 token
+    columns:  每个 token 一个值的数组，长 lengths.sum()：{"tokens": ...}，对话还有 {"mask": ...}
+    stats:    每篇一个数的统计，(n,)：{"characters": ...} 或 {"assistant_characters": ...}
+
+    用 numpy 数组而不是 list[list[int]]：一个 uint16 数组 pickle 之后只有 2 字节/token，
+    而 Python 的 int 列表要大十几倍，进程间传输会慢得多；挑选、拼接也都是向量化的。
+    """
+
+    lengths: np.ndarray
+    columns: dict[str, np.ndarray]
+    stats: dict[str, np.ndarray]
+
+    def __len__(self) -> int:
+        return len(self.lengths)
+
+    def select(self, keep: np.ndarray) -> "_Documents":
+        """按篇挑选（keep 是每篇一个的 bool）。先把“每篇的去留”展开成“每个 token 的去留”。"""
+        token_keep = np.repeat(keep, self.lengths)
+        return _Documents(self.lengths[keep], {name: column[token_keep] for name, column in self.columns.items()},
+                          {name: values[keep] for name, values in self.stats.items()})
+
+    def split_last(self) -> tuple["_Documents", "_Documents"]:
+        """(除最后一篇外的全部, 最后一篇)。切片是视图，不复制数据。"""
+        cut = int(self.lengths[:-1].sum())
+        head = _Documents(self.lengths[:-1], {name: column[:cut] for name, column in self.columns.items()},
+                          {name: values[:-1] for name, values in self.stats.items()})
+        tail = _Documents(self.lengths[-1:], {name: column[cut:].copy() for name, column in self.columns.items()},
+                          {name: values[-1:] for name, values in self.stats.items()})
+        return head, tail
+
+    @staticmethod
+    def concat(first: "_Documents", second: "_Documents") -> "_Documents":
+        return _Documents(np.concatenate([first.lengths, second.lengths]),
+                          {name: np.concatenate([first.columns[name], second.columns[name]]) for name in first.columns},
+                          {name: np.concatenate([first.stats[name], second.stats[name]]) for name in first.stats})
+
+
+@dataclass
+class _Encoded:
+    """一批输入分词后的结果，在工作进程里算好、整批传回主进程。
+
+    documents: 留下来要写的文档（对话）。
+    ordinals:  (n,) 每篇留下的文档在本批“占序号的输入”里排第几——它决定这篇进 train 还是 val。
+    consumed:  本批一共多少条“占序号的输入”。对话里太长而丢掉的也占一个序号，
+               这样改变 --max-seq-len 不会让后面所有对话的 train/val 去向整体挪位。
+    counts:    额外的计数（被截断的对话、丢掉的消息……）。
+    skipped:   被跳过的 (位置, 原因)，按输入顺序。
+    """
+
+    documents: _Documents
+    ordinals: np.ndarray
+    consumed: int
+    counts: dict[str, int] = dataclass_field(default_factory=dict)
+    skipped: list[tuple[str, str]] = dataclass_field(default_factory=list)
+
+
+class _TextEncoder:
+    """预训练：一批文本 -> 每篇 [bos] + ids + [eos]，外加每篇的字符数（用来算 bpc）。"""
 
     def __init__(self, tokenizer, dtype: np.dtype):
         self.tokenizer = tokenizer
         self.dtype = dtype
-        self.bos = [self.tokenizer.bos_id]
-        self.eos = [self.tokenizer.eos_id]
+        self.bos = [tokenizer.bos_id]
+        self.eos = [tokenizer.eos_id]
 
-    def __call__(self, texts: list[str]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        encoded = self.tokenizer.encode_batch(texts)
+    def __call__(self, texts: list[str]) -> _Encoded:
+        encoded = self.tokenizer.encode_batch(texts)  # SentencePiece 在 C++ 里多线程处理整批
         lengths = np.fromiter((len(ids) + 2 for ids in encoded), dtype=np.int64, count=len(encoded))
         # 每篇文档 = [bos] + ids + [eos]，全部首尾相连成一个一维数组
         pieces = itertools.chain.from_iterable(part for ids in encoded for part in (self.bos, ids, self.eos))
         flat = np.fromiter(pieces, dtype=self.dtype, count=int(lengths.sum()))
         characters = np.fromiter((len(text) for text in texts), dtype=np.int64, count=len(texts))
-        return characters, flat, lengths
+        documents = _Documents(lengths, {"tokens": flat}, {"characters": characters})
+        return _Encoded(documents, np.arange(len(texts)), len(texts))
 
 
-# 工作进程里的编码器：每个进程只在启动时载入一次分词器（由 Pool 的 initializer 完成），
-# 之后每批文本都复用它，而不是每批都重新读一遍 tokenizer.model。
-_worker_encoder: _Encoder | None = None
+class _ChatEncoder:
+    """对话：一批 (位置, 消息列表, 跳过原因) -> 每段对话的 ids 和 loss_mask（chat_template 的唯一模板）。
+
+    max_tokens = max_seq_len + 1：训练时 x = ids[:-1]、y = ids[1:]，
+    所以 max_seq_len + 1 个 token 的对话正好填满长 max_seq_len 的上下文。
+    """
+
+    def __init__(self, tokenizer, dtype: np.dtype, max_tokens: int):
+        self.tokenizer = tokenizer
+        self.dtype = dtype
+        self.max_tokens = max_tokens
+
+    def __call__(self, entries: list[tuple]) -> _Encoded:
+        ids_parts, mask_parts, lengths, assistant_characters, ordinals = [], [], [], [], []
+        counts = {"truncated_conversations": 0, "dropped_messages": 0, "too_long_conversations": 0}
+        skipped: list[tuple[str, str]] = []
+        consumed = 0
+        for location, messages, reason in entries:
+            if messages is None:  # 主进程已判定的坏记录，原样带回
+                skipped.append((location, reason))
+                continue
+            ordinal, consumed = consumed, consumed + 1
+            fitted = self._fit(messages)
+            if fitted is None:
+                counts["too_long_conversations"] += 1
+                skipped.append((location, self._too_long_reason(messages)))
+                continue
+            kept, dropped, rendered = fitted
+            if dropped:
+                counts["truncated_conversations"] += 1
+                counts["dropped_messages"] += dropped
+            ids_parts.append(rendered.ids)
+            mask_parts.append(rendered.loss_mask)
+            lengths.append(len(rendered.ids))
+            assistant_characters.append(sum(len(m["content"]) for m in kept if m["role"] == "assistant"))
+            ordinals.append(ordinal)
+        documents = _Documents(
+            np.array(lengths, dtype=np.int64),
+            {"tokens": np.fromiter(itertools.chain.from_iterable(ids_parts), dtype=self.dtype),
+             "mask": np.fromiter(itertools.chain.from_iterable(mask_parts), dtype=MASK_DTYPE)},
+            {"assistant_characters": np.array(assistant_characters, dtype=np.int64)},
+        )
+        return _Encoded(documents, np.array(ordinals, dtype=np.int64), consumed, counts, skipped)
+
+    def _fit(self, messages: list[dict]):
+        """放得下就原样渲染；放不下就整轮丢弃最早的对话（fit_to_context）。返回 (留下的消息, 丢掉几条, 渲染结果) 或 None。
+
+        绝大多数对话本来就放得下：先渲染一次，够短就直接用，
+        不必先让 fit_to_context 渲染一遍、再为了取 ids 渲染第二遍。
+        """
+        from towergpt.chat_template import fit_to_context, render_chat
+
+        rendered = render_chat(self.tokenizer, messages)
+        if len(rendered.ids) <= self.max_tokens:
+            return messages, 0, rendered
+        fitted = fit_to_context(self.tokenizer, messages, self.max_tokens)
+        if fitted is None:
+            return None
+        kept, dropped = fitted
+        return kept, dropped, render_chat(self.tokenizer, kept)
+
+    def _too_long_reason(self, messages: list[dict]) -> str:
+        """跳过原因里写明：只留 system 和最后一轮也有多少 token，上限是多少。"""
+        from towergpt.chat_template import render_chat
+
+        system = messages[:1] if messages[0]["role"] == "system" else []
+        last_user = max(index for index, message in enumerate(messages) if message["role"] == "user")
+        needed = len(render_chat(self.tokenizer, system + messages[last_user:]).ids)
+        return (f"对话太长：只保留 system 和最后一轮也有 {needed} 个 token，超过 max_seq_len + 1 = {self.max_tokens}，"
+                f"整段跳过（可调大 --max-seq-len）/ conversation too long: the system prompt plus the last turn"
+                f" alone take {needed} tokens > max_seq_len + 1 = {self.max_tokens}; skipped")
 
 
-def _init_worker(tokenizer_dir: str, dtype_name: str) -> None:
+# ---------------------------------------------------------------------------
+# 并行分词：结果按提交顺序取回，所以输出与进程数无关
+# ---------------------------------------------------------------------------
+
+# 工作进程里的分词器对象：每个进程只在启动时载入一次分词器（由 Pool 的 initializer 完成），
+# 之后每批输入都复用它，而不是每批都重新读一遍 tokenizer.model。
+_worker_encoder = None
+
+
+def _init_worker(tokenizer_dir: str, encoder_class: type, encoder_args: tuple) -> None:
     from towergpt.tokenizer import Tokenizer
 
     global _worker_encoder
     # 工作进程忽略 Ctrl-C：由主进程统一处理中断并清理，否则每个子进程都会各打印一大段 traceback
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    _worker_encoder = _Encoder(Tokenizer.load(tokenizer_dir), np.dtype(dtype_name))
+    _worker_encoder = encoder_class(Tokenizer.load(tokenizer_dir), *encoder_args)
 
 
-def _encode_in_worker(texts: list[str]):
-    return _worker_encoder(texts)
+def _encode_in_worker(batch: list):
+    return _worker_encoder(batch)
 
 
-def _tokenize_in_order(batches: Iterator[list[str]], tokenizer, tokenizer_dir: Path, dtype: np.dtype,
-                       workers: int) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
-    """把每批文本分词，按输入顺序产出 (每篇字符数, 拼接的 token, 每篇 token 数)。
+def _tokenize_in_order(batches: Iterator[list], tokenizer, tokenizer_dir: Path, workers: int,
+                       encoder_class: type, encoder_args: tuple) -> Iterator[_Encoded]:
+    """用 encoder_class(分词器, *encoder_args) 处理每一批，按输入顺序产出结果。
 
     为什么不用 `pool.imap(函数, 批次生成器)`？因为 Pool.imap 会在后台线程里把输入生成器
     一口气读完、全部排进任务队列——语料有多大，内存就涨多大。这里自己控制：
     用 apply_async 提交，队列（deque）里最多 2×workers 个未完成的批次；满了就先取回最早的
     那一批（`.get()` 会等它算完）再读下一批。这样：
         - 所有进程都有活干（每个进程手里大约有两批，一批在算，一批在排队）；
-        - 内存里最多 2×workers 批文本和结果，与语料大小无关；
+        - 内存里最多 2×workers 批输入和结果，与语料大小无关；
         - 结果严格按提交顺序取回，输出与 workers 无关，可复现。
+    encoder_class 以类的形式（而不是对象）传给工作进程：类按名字 pickle，
+    每个进程自己载入分词器、自己构造对象，不必把分词器本身序列化过去。
     """
     if workers == 1:  # 单进程：不开进程池，省掉启动进程和 pickle 的开销，调试也方便
-        encoder = _Encoder(tokenizer, dtype)
-        for texts in batches:
-            yield encoder(texts)
+        encoder = encoder_class(tokenizer, *encoder_args)
+        for batch in batches:
+            yield encoder(batch)
         return
 
     # 用平台默认的启动方式（Linux 上是 fork，启动快；macOS / Windows 上是 spawn）。
     context = multiprocessing.get_context()
-    with context.Pool(workers, initializer=_init_worker, initargs=(str(tokenizer_dir), dtype.name)) as pool:
+    initargs = (str(tokenizer_dir), encoder_class, encoder_args)
+    with context.Pool(workers, initializer=_init_worker, initargs=initargs) as pool:
         pending: deque = deque()
-        for texts in batches:
-            pending.append(pool.apply_async(_encode_in_worker, (texts,)))
+        for batch in batches:
+            pending.append(pool.apply_async(_encode_in_worker, (batch,)))
             if len(pending) >= 2 * workers:
                 yield pending.popleft().get()
         while pending:
@@ -468,7 +859,7 @@ def _tokenize_in_order(batches: Iterator[list[str]], tokenizer, tokenizer_dir: P
 
 
 # ---------------------------------------------------------------------------
-# 划分 train / val 并写分片
+# 划分 train / val
 # ---------------------------------------------------------------------------
 
 def _splitmix64(values: np.ndarray) -> np.ndarray:
@@ -505,6 +896,75 @@ def _scalar_splitmix64(value: int) -> int:
     return z ^ (z >> 31)
 
 
+class _SplitWriter:
+    """给每篇文档（对话）决定去向（train / val），交给对应的写入器。
+
+    make_writer(划分名) 造出写入器：预训练用 _ShardWriter，对话用 _ConversationWriter；
+    划分规则（下面这些）两者完全相同。
+
+    “至少一篇验证文档”的保证：语料很小（比如 50 篇、val_fraction=0.01）时，哈希可能
+    一篇也没选中，训练时就没法评估。办法是永远“扣住”最后一篇文档先不写：
+    读完全部语料后，如果验证集还是空的（且至少有 2 篇文档），就把扣住的这篇放进验证集；
+    反过来训练集为空时放进训练集。其余情况按它自己的哈希结果。
+    这只多占一篇文档的内存，却不必回头改已经写好的文件。
+    """
+
+    def __init__(self, make_writer: Callable[[str], object], val_fraction: float, seed: int):
+        self.train = make_writer("train")
+        self.val = make_writer("val")
+        self.val_fraction = val_fraction
+        self.seed = seed
+        self.seen = 0                            # 已经分配了序号的输入条数
+        self.kept = 0                            # 其中留下来要写的篇数
+        self.held: tuple[_Documents, bool] | None = None   # 扣住的最后一篇：(文档, 是否进 val)
+
+    def add(self, encoded: _Encoded) -> None:
+        """收下一批，写出除最后一篇外的全部。"""
+        is_val = validation_mask(self.seen, encoded.consumed, self.seed, self.val_fraction)[encoded.ordinals]
+        self.seen += encoded.consumed
+        documents = encoded.documents
+        if len(documents) == 0:
+            return
+        self.kept += len(documents)
+        if self.held is not None:  # 把上一批扣住的那篇接到这批最前面，一起写
+            held_documents, held_val = self.held
+            documents = _Documents.concat(held_documents, documents)
+            is_val = np.concatenate([[held_val], is_val])
+        rest, last = documents.split_last()
+        self.held = (last, bool(is_val[-1]))
+        self._write(rest, is_val[:-1])
+
+    def finish(self) -> None:
+        """写出扣住的最后一篇（必要时改变它的去向），关闭所有文件。"""
+        if self.held is not None:
+            documents, to_val = self.held
+            if self.kept >= 2 and self.val_fraction > 0 and self.val.count == 0:
+                to_val = True
+            elif self.kept >= 2 and self.train.count == 0:
+                to_val = False
+            self._write(documents, np.array([to_val]))
+            self.held = None
+        self.close()
+
+    def close(self) -> None:
+        self.train.close()
+        self.val.close()
+
+    def _write(self, documents: _Documents, is_val: np.ndarray) -> None:
+        """按每篇的去向分给两个划分。向量化：不逐篇循环。"""
+        if len(documents) == 0:
+            return
+        for writer, mask in ((self.train, ~is_val), (self.val, is_val)):
+            if mask.all():
+                writer.write(documents)
+            elif mask.any():
+                writer.write(documents.select(mask))
+
+
+# ---------------------------------------------------------------------------
+# 写入器：预训练的 token 分片；对话的 token + 掩码 + 索引
+# ---------------------------------------------------------------------------
+
 class _ShardWriter:
     """把一个划分（train 或 val）的 token 依次写进 `{split}_000000.bin`、`{split}_000001.bin`……
 
@@ -521,9 +981,15 @@ class _ShardWriter:
         self.shard_tokens = shard_tokens
         self.shards: list[dict] = []      # [{"file": 名字, "tokens": 个数}, ...]
         self.handle = None
-        self.documents = self.tokens = self.characters = 0
+        self.count = self.tokens = self.characters = 0
 
-    def write(self, tokens: np.ndarray) -> None:
+    def write(self, documents: _Documents) -> None:
+        """追加若干篇文档的 token，并累计篇数和字符数。"""
+        self._write_tokens(documents.columns["tokens"])
+        self.count += len(documents)
+        self.characters += int(documents.stats["characters"].sum())
+
+    def _write_tokens(self, tokens: np.ndarray) -> None:
         """追加 token；按需打开新分片。分片只在真有 token 时才创建，所以不会有空文件。"""
         while len(tokens):
             if self.handle is None or self.shards[-1]["tokens"] >= self.shard_tokens:
@@ -547,72 +1013,97 @@ class _ShardWriter:
             self.handle = None
 
     def stats(self) -> dict:
-        return {"documents": self.documents, "tokens": self.tokens, "characters": self.characters,
+        return {"documents": self.count, "tokens": self.tokens, "characters": self.characters,
                 "shards": [dict(shard) for shard in self.shards]}
 
 
-class _SplitWriter:
-    """给每篇文档决定去向（train / val），并写进对应的 _ShardWriter。
+class _ConversationWriter:
+    """把一个划分的对话写成三种文件：
 
-    “至少一篇验证文档”的保证：语料很小（比如 50 篇、val_fraction=0.01）时，哈希可能
-    一篇也没选中，训练时就没法评估。办法是永远“扣住”最后一篇文档先不写：
-    读完全部语料后，如果验证集还是空的（且至少有 2 篇文档），就把扣住的这篇放进验证集；
-    反过来训练集为空时放进训练集。其余情况按它自己的哈希结果。
-    这只多占一篇文档的内存，却不必回头改已经写好的文件。
+        {split}_tokens_000000.bin  token id（uint16/uint32），对话首尾相连
+        {split}_mask_000000.bin    每个 token 一个 uint8：1 = 算损失
+        {split}_index.bin          int64，第 i 段对话在全部 token 里（各分片按顺序接起来）占
+                                   [index[i], index[i+1])；共 对话数 + 1 个数，第一个是 0
+
+    为什么要索引？对话长短不一，训练时要“一段一段”地取，不能像预训练那样按固定步长切窗口。
+    有了累计偏移量，第 i 段的起止一查便知，不用扫描前面的数据。
+    分片只在对话之间切开：一段对话永远完整地在一个分片里（分片因此可能略小于 shard_tokens；
+    如果一段对话本身就超过 shard_tokens，它单独占一个分片）。
     """
 
-    def __init__(self, directory: Path, dtype: np.dtype, shard_tokens: int, val_fraction: float, seed: int):
-        self.train = _ShardWriter(directory, "train", dtype, shard_tokens)
-        self.val = _ShardWriter(directory, "val", dtype, shard_tokens)
-        self.val_fraction = val_fraction
-        self.seed = seed
-        self.documents = 0                       # 已经分配了序号的非空文档数
-        self.held: tuple | None = None           # 扣住的最后一篇：(token 数组, 字符数, 是否进 val)
+    def __init__(self, directory: Path, split: str, dtype: np.dtype, shard_tokens: int):
+        self.directory = directory
+        self.split = split
+        self.dtype = dtype
+        self.shard_tokens = shard_tokens
+        self.index_file = f"{split}_index.bin"
+        self.shards: list[dict] = []      # [{"tokens_file", "mask_file", "tokens", "conversations"}, ...]
+        self.handles = None               # 当前分片的 (token 文件, 掩码文件)
+        self.index_handle = None
+        self.count = self.tokens = self.assistant_tokens = self.assistant_characters = 0
 
-    def add(self, flat: np.ndarray, lengths: np.ndarray, characters: np.ndarray) -> None:
-        """收下一批文档（拼接的 token、每篇 token 数、每篇字符数），写出除最后一篇外的全部。"""
-        is_val = validation_mask(self.documents, len(lengths), self.seed, self.val_fraction)
-        self.documents += len(lengths)
-        if self.held is not None:  # 把上一批扣住的那篇接到这批最前面，一起写
-            held_tokens, held_chars, held_val = self.held
-            flat = np.concatenate([held_tokens, flat])
-            lengths = np.concatenate([[len(held_tokens)], lengths])
-            characters = np.concatenate([[held_chars], characters])
-            is_val = np.concatenate([[held_val], is_val])
-        last = int(lengths[-1])
-        self.held = (flat[-last:].copy(), int(characters[-1]), bool(is_val[-1]))
-        self._write(flat[:-last], lengths[:-1], characters[:-1], is_val[:-1])
+    def write(self, documents: _Documents) -> None:
+        """追加若干段对话：先记索引，再按对话边界写进分片。"""
+        if self.index_handle is None:  # 第一段对话到来时才建索引文件，没有对话的划分不留空文件
+            self.index_handle = open(self.directory / self.index_file, "wb")
+            self.index_handle.write(np.zeros(1, dtype=INDEX_DTYPE).tobytes())
+        ends = self.tokens + np.cumsum(documents.lengths)
+        self.index_handle.write(ends.astype(INDEX_DTYPE).tobytes())
 
-    def finish(self) -> None:
-        """写出扣住的最后一篇（必要时改变它的去向），关闭所有分片文件。"""
-        if self.held is not None:
-            tokens, chars, to_val = self.held
-            if self.documents >= 2 and self.val_fraction > 0 and self.val.documents == 0:
-                to_val = True
-            elif self.documents >= 2 and self.train.documents == 0:
-                to_val = False
-            self._write(tokens, np.array([len(tokens)]), np.array([chars]), np.array([to_val]))
-            self.held = None
-        self.close()
+        tokens, mask, lengths = documents.columns["tokens"], documents.columns["mask"], documents.lengths
+        first = position = 0
+        while first < len(lengths):
+            shard = self.shards[-1] if self.handles is not None else None
+            if shard is None or (shard["tokens"] and shard["tokens"] + lengths[first] > self.shard_tokens):
+                shard = self._open_next()
+            # 本分片还放得下接下来的几段对话（至少一段：空分片总要收下一段，哪怕它比 shard_tokens 长）
+            cumulative = np.cumsum(lengths[first:])
+            take = max(1, int(np.searchsorted(cumulative, self.shard_tokens - shard["tokens"], side="right")))
+            size = int(cumulative[take - 1])
+            self.handles[0].write(tokens[position:position + size].astype(self.dtype, copy=False).tobytes())
+            self.handles[1].write(mask[position:position + size].astype(MASK_DTYPE, copy=False).tobytes())
+            shard["tokens"] += size
+            shard["conversations"] += take
+            first += take
+            position += size
+
+        self.count += len(documents)
+        self.tokens += int(lengths.sum())
+        self.assistant_tokens += int(mask.sum(dtype=np.int64))
+        self.assistant_characters += int(documents.stats["assistant_characters"].sum())
+
+    def _open_next(self) -> dict:
+        self._close_shard()
+        number = len(self.shards)
+        shard = {"tokens_file": f"{self.split}_tokens_{number:06d}.bin",
+                 "mask_file": f"{self.split}_mask_{number:06d}.bin", "tokens": 0, "conversations": 0}
+        self.handles = (open(self.directory / shard["tokens_file"], "wb"),
+                        open(self.directory / shard["mask_file"], "wb"))
+        self.shards.append(shard)
+        return shard
+
+    def _close_shard(self) -> None:
+        if self.handles is not None:
+            for handle in self.handles:
+                handle.close()
+            self.handles = None
 
     def close(self) -> None:
-        self.train.close()
-        self.val.close()
+        self._close_shard()
+        if self.index_handle is not None:
+            self.index_handle.close()
+            self.index_handle = None
 
-    def _write(self, flat: np.ndarray, lengths: np.ndarray, characters: np.ndarray, is_val: np.ndarray) -> None:
-        """按每篇文档的去向把 token 分给两个划分。向量化：不逐篇循环。"""
-        if len(lengths) == 0:
-            return
-        token_is_val = np.repeat(is_val, lengths)  # 把“每篇的去向”展开成“每个 token 的去向”
-        for writer, mask, token_mask in ((self.train, ~is_val, ~token_is_val), (self.val, is_val, token_is_val)):
-            if mask.any():
-                writer.write(flat[token_mask])
-                writer.documents += int(mask.sum())
-                writer.characters += int(characters[mask].sum())
+    def stats(self) -> dict:
+        return {"conversations": self.count, "tokens": self.tokens,
+                "assistant_tokens": self.assistant_tokens,            # 掩码为 1 的 token 数（算损失的）
+                "assistant_characters": self.assistant_characters,    # 留下的助手消息的字符数（算 bpc）
+                "index_file": self.index_file if self.count else None,
+                "shards": [dict(shard) for shard in self.shards]}
 
 
 class _SkippedLog:
-    """--skip-bad 时记录被跳过的坏记录：边读边写进 skipped.txt（不在内存里攒一个大列表）。"""
+    """被跳过的记录：边读边写进 skipped.txt（不在内存里攒一个大列表），每行“位置<TAB>原因”。"""
 
     def __init__(self, path: Path):
         self.path = path
@@ -620,7 +1111,7 @@ class _SkippedLog:
         self.count = 0
 
     def add(self, location: str, reason: str) -> None:
-        if self.handle is None:  # 真有坏记录才创建文件
+        if self.handle is None:  # 真有要记的才创建文件
             self.handle = open(self.path, "w", encoding="utf-8")
         self.handle.write(f"{location}\t{reason}\n")
         self.count += 1

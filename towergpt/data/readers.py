@@ -1,11 +1,17 @@
-"""语料读取器：把 .txt / .jsonl / .json / .parquet 文件流式地读成一条条文本。
+"""语料读取器：把 .txt / .jsonl / .json / .parquet 文件流式地读成一条条文本或记录。
 
 为什么要“流式”（streaming）？
     预训练语料动辄几个 GB，甚至几十 GB。如果 `json.load(f)` 一口气读进内存，
     小机器会直接被撑爆。这里的每个读取器都一边读一边产出（`yield`），
     任何时刻内存里只有“当前这一行 / 这一条记录 / 这一批行”，和文件大小无关。
 
-统一的出口 `iter_texts(path, field)` 产出 `(编号, 文本)`：
+两个出口：
+    `iter_texts(path, field)`  产出 `(编号, 文本)`，给预训练用；
+    `iter_records(path)`       产出 `(编号, 整条记录 dict)`，给对话（SFT）、偏好（DPO）数据用。
+两者共用同一套“逐行 / 流式解析 + 坏记录处理”的代码，区别只在最后一步“从一条记录里取什么”
+（取一个文本字段，还是要整个对象）——这一步是可替换的（见 `_TextField` 和 `_whole_object`）。
+
+编号的含义：
     - .txt     编号是这一段（文档）第一行的行号；
     - .jsonl   编号是行号；
     - .json    编号是它在数组里的序号（从 1 开始）。ijson 是流式解析器，给不出行号，
@@ -48,7 +54,7 @@ OnBad = Callable[[str, str], None]
 
 @dataclass
 class _BadRecord:
-    """一条坏记录：由各读取器产出，由 `iter_texts` 决定是报错还是跳过。
+    """一条坏记录：由各读取器产出，由 `iter_texts` / `iter_records` 决定是报错还是跳过。
 
     为什么不在读取器里直接 raise？因为“坏记录怎么处理”是调用者的选择（skip_bad），
     读取器只负责发现问题、说清楚位置和原因，把决定权交给外层，各读取器就不必各写一遍 if。
@@ -58,8 +64,14 @@ class _BadRecord:
     reason: str
 
 
-# 读取器产出的东西：要么是正常的 (编号, 文本)，要么是一条坏记录。
-_Item = Union[tuple[int, str], _BadRecord]
+# 读取器产出的东西：要么是正常的 (编号, 文本或记录)，要么是一条坏记录。
+_Item = Union[tuple[int, object], _BadRecord]
+
+# “取值步骤”：extract(记录, 编号, 位置, 可能含转义) -> _Item。
+# JSONL 和 JSON 数组的读取器负责“把文件切成一条条 JSON 记录”，取值步骤负责“从记录里拿出要的东西”。
+# 位置形如 "a.jsonl:17" 或 "a.json 记录/record 17"，取值步骤在报错时可以再接上字段名。
+# “可能含转义”：原文里出现过 "\u" 时为 True，见 `_TextField` 里孤立代理项的检查。
+Extract = Callable[[object, int, str, bool], _Item]
 
 
 # ---------------------------------------------------------------------------
@@ -105,8 +117,53 @@ def iter_texts(
     文件不存在、扩展名未知等问题在调用时立即报错（而不是等到第一次迭代）。
     """
     path = check_input(path)
-    reader = _READERS[path.suffix.lower()]
-    return _handle_bad_records(reader(path, field), skip_bad, on_bad)
+    suffix = path.suffix.lower()
+    if suffix == ".txt":
+        items = _read_txt(path)
+    elif suffix == ".parquet":
+        items = _read_parquet_column(path, field)
+    else:
+        items = _JSON_READERS[suffix](path, _TextField(field))
+    return _handle_bad_records(items, skip_bad, on_bad)
+
+
+def iter_records(
+    path: str | os.PathLike,
+    skip_bad: bool = False,
+    on_bad: OnBad | None = None,
+) -> Iterator[tuple[int, dict]]:
+    """流式读取一个结构化数据文件，逐条产出 `(编号, 整条记录)`，记录是一个 dict。
+
+    用于对话、偏好这类“一条记录有好几个字段”的数据：
+        .jsonl    每行一个 JSON 对象，编号是行号；
+        .json     JSON 数组里的每个对象（ijson 流式解析），编号是序号（从 1 开始）；
+        .parquet  每一行变成 {列名: 值}（嵌套的列表、结构体变成 list / dict），编号是行序号。
+    不是对象的记录（数组、字符串、数字……）、坏 JSON、非 UTF-8 的行都是坏记录，
+    按 skip_bad / on_bad 处理，规则与 `iter_texts` 相同。`record_location(path, 编号)` 给出报错用的位置。
+    纯文本 .txt 表达不了“谁说了什么”，直接报错。
+    """
+    path = check_input(path)
+    suffix = path.suffix.lower()
+    if suffix == ".txt":
+        raise TowerGPTError(
+            f"{path}: 对话数据必须是 JSON / JSONL / Parquet（每条记录一段对话），纯文本分不出谁说了什么"
+            f" / dialogue data must be JSON/JSONL/Parquet (one conversation per record), not plain text"
+        )
+    if suffix == ".parquet":
+        items = _read_parquet_rows(path)
+    else:
+        items = _JSON_READERS[suffix](path, _whole_object)
+    return _handle_bad_records(items, skip_bad, on_bad)
+
+
+def record_location(path: str | os.PathLike, number: int) -> str:
+    """`iter_records` / `iter_texts` 产出的编号 -> 给人看的位置：`a.jsonl:17`、`a.json 记录/record 17`、`a.parquet 行/row 17`。"""
+    suffix = Path(path).suffix.lower()
+    if suffix == ".json":
+        return f"{path} 记录/record {number}"
+    if suffix == ".parquet":
+        return f"{path} 行/row {number}"
+    return where(path, number)
 
 
 def _handle_bad_records(items: Iterator[_Item], skip_bad: bool, on_bad: OnBad | None) -> Iterator[tuple[int, str]]:
@@ -164,7 +221,7 @@ def _utf8_reason(err: UnicodeDecodeError) -> str:
 # 四种格式的读取器：每个都是生成器，产出 (编号, 文本) 或 _BadRecord
 # ---------------------------------------------------------------------------
 
-def _read_txt(path: Path, field: str) -> Iterator[_Item]:
+def _read_txt(path: Path) -> Iterator[_Item]:
     """纯文本：用一个或多个空行分隔的一段算一篇文档，编号是这段第一行的行号。
 
     这样“一段一段的文章”和“每行一句、句间空一行”的文件都能读；段内的换行原样保留，
@@ -193,8 +250,8 @@ def _read_txt(path: Path, field: str) -> Iterator[_Item]:
         yield first_line, "\n".join(block)
 
 
-def _read_jsonl(path: Path, field: str) -> Iterator[_Item]:
-    """JSON Lines：每行一个 JSON 对象，取其中的 `field`；空行跳过。"""
+def _read_jsonl(path: Path, extract: Extract) -> Iterator[_Item]:
+    """JSON Lines：每行一个 JSON 记录，交给取值步骤 extract；空行跳过。"""
     for number, line in _iter_lines(path):
         if isinstance(line, _BadRecord):
             yield line
@@ -209,20 +266,11 @@ def _read_jsonl(path: Path, field: str) -> Iterator[_Item]:
                 f"不是合法的 JSON：{err.msg}（第 {err.colno} 列）/ invalid JSON: {err.msg} (column {err.colno})",
             )
             continue
-        item = _text_from_record(record, number, path, field, location=where(path, number, field))
-        # JSON 允许写 "\ud800" 这种不成对的代理项转义，json.loads 会照单全收，
-        # 得到一个无法编码成 UTF-8 的 Python 字符串，到分词时才崩。这里提前拦下。
-        # 先做便宜的子串检查：原始行里没有 "\u" 转义就不可能有代理项。
-        if "\\u" in line and not isinstance(item, _BadRecord) and _has_lone_surrogate(item[1]):
-            item = _BadRecord(
-                where(path, number, field),
-                "含有不成对的 \\ud800-\\udfff 转义（孤立代理项），无法编码成 UTF-8"
-                " / contains a lone surrogate escape, not encodable as UTF-8",
-            )
-        yield item
+        # 便宜的子串检查：原始行里没有 "\u" 转义就不可能解析出孤立代理项，取值步骤可以省掉那次检查
+        yield extract(record, number, where(path, number), "\\u" in line)
 
 
-def _read_json_array(path: Path, field: str) -> Iterator[_Item]:
+def _read_json_array(path: Path, extract: Extract) -> Iterator[_Item]:
     """JSON 数组 `[{...}, {...}, ...]`：用 ijson 流式解析，从不把整个数组读进内存。
 
     `json.load` 会先把整个文件解析成一个巨大的 Python 列表——几 GB 的文件会占用
@@ -237,8 +285,8 @@ def _read_json_array(path: Path, field: str) -> Iterator[_Item]:
         try:
             # use_float=True：数字解析成 float 而不是 Decimal，报类型时更直观
             for count, record in enumerate(ijson.items(f, "item", use_float=True), start=1):
-                location = f"{path} 记录/record {count} 字段/field '{field}'"
-                yield _text_from_record(record, count, path, field, location=location)
+                # 流式解析器不给原文，无从做“有没有 \u 转义”的快速判断，所以总是请取值步骤检查
+                yield extract(record, count, f"{path} 记录/record {count}", True)
         except ijson.JSONError as err:
             # 流式解析器一旦遇到语法错误就无法继续，也找不回下一条记录的开头，
             # 所以这里即使 skip_bad 也只能停下来报错。
@@ -282,10 +330,9 @@ def _json_array_error(path: Path, count: int, err: Exception) -> str:
     return f"{path} 记录/record {count} 之后 / after record {count}: {reason}"
 
 
-def _read_parquet(path: Path, field: str) -> Iterator[_Item]:
-    """Parquet：按批（record batch）读出 `field` 这一列，编号是行序号（从 1 开始）。
+def _open_parquet(path: Path):
+    """打开 Parquet 文件，返回 (pyarrow 模块, ParquetFile)。
 
-    Parquet 是列式存储，只读需要的那一列、一次一批，内存同样有界。
     pyarrow 是可选依赖：没装时给出安装方法，而不是 ImportError 的 traceback。
     """
     try:
@@ -296,12 +343,33 @@ def _read_parquet(path: Path, field: str) -> Iterator[_Item]:
             f"{path}: 读取 .parquet 需要 pyarrow，请运行 pip install towergpt[parquet]"
             f" / reading Parquet needs pyarrow: pip install towergpt[parquet]"
         ) from None
-
     try:
-        parquet_file = pq.ParquetFile(path)
+        return pa, pq.ParquetFile(path)
     except (pa.ArrowException, OSError) as err:
         raise TowerGPTError(f"{path}: 不是有效的 Parquet 文件 / not a valid Parquet file: {_first_line(err)}") from None
 
+
+def _parquet_batches(path: Path, pa, parquet_file, columns: list[str] | None) -> Iterator:
+    """一批一批（record batch）地读；读到一半出错（文件损坏）时说清楚读到了第几行。
+
+    Parquet 是列式存储，只读需要的列、一次一批，内存同样有界。
+    """
+    batches = parquet_file.iter_batches(batch_size=1024, columns=columns)
+    row = 0
+    while True:
+        try:
+            batch = next(batches, None)
+        except (pa.ArrowException, OSError) as err:
+            raise TowerGPTError(f"{path} 第 {row} 行之后 / after row {row}: 读取失败 / read error: {_first_line(err)}") from None
+        if batch is None:
+            return
+        yield batch
+        row += batch.num_rows
+
+
+def _read_parquet_column(path: Path, field: str) -> Iterator[_Item]:
+    """Parquet 的一个字符串列：编号是行序号（从 1 开始）。"""
+    pa, parquet_file = _open_parquet(path)
     schema = parquet_file.schema_arrow
     if field not in schema.names:
         raise TowerGPTError(
@@ -314,16 +382,8 @@ def _read_parquet(path: Path, field: str) -> Iterator[_Item]:
             f"{where(path, field=field)}: 这一列的类型是 {column_type}，需要字符串"
             f" / column type is {column_type}, expected string"
         )
-
-    batches = parquet_file.iter_batches(batch_size=1024, columns=[field])
     row = 0
-    while True:
-        try:
-            batch = next(batches, None)
-        except (pa.ArrowException, OSError) as err:
-            raise TowerGPTError(f"{path} 第 {row} 行之后 / after row {row}: 读取失败 / read error: {_first_line(err)}") from None
-        if batch is None:
-            return
+    for batch in _parquet_batches(path, pa, parquet_file, [field]):
         for value in batch.column(0).to_pylist():
             row += 1
             if isinstance(value, str):
@@ -331,8 +391,18 @@ def _read_parquet(path: Path, field: str) -> Iterator[_Item]:
             else:  # 字符串列里唯一可能的非字符串是空值 null
                 yield _BadRecord(
                     f"{path} 行/row {row} 字段/field '{field}'",
-                    f"值是 {_json_type_name(value)}，需要字符串 / value is {_json_type_name(value)}, expected a string",
+                    f"值是 {json_type_name(value)}，需要字符串 / value is {json_type_name(value)}, expected a string",
                 )
+
+
+def _read_parquet_rows(path: Path) -> Iterator[_Item]:
+    """Parquet 的整行：每行变成 {列名: 值}，列表、结构体列变成 Python 的 list / dict。"""
+    pa, parquet_file = _open_parquet(path)
+    row = 0
+    for batch in _parquet_batches(path, pa, parquet_file, None):
+        for record in batch.to_pylist():
+            row += 1
+            yield row, record
 
 
 def _is_string_view(pa, column_type) -> bool:
@@ -345,26 +415,53 @@ def _is_string_view(pa, column_type) -> bool:
 # 记录 -> 文本：jsonl 和 json 数组共用
 # ---------------------------------------------------------------------------
 
-def _text_from_record(record, number: int, path: Path, field: str, location: str) -> _Item:
-    """从一条 JSON 记录里取出 `field` 对应的字符串；任何不对劲都变成一条说清楚原因的 _BadRecord。"""
+class _TextField:
+    """取值步骤：从一条 JSON 记录里取出 `field` 对应的字符串；任何不对劲都变成一条说清楚原因的 _BadRecord。"""
+
+    def __init__(self, field: str):
+        self.field = field
+
+    def __call__(self, record, number: int, location: str, maybe_escaped: bool) -> _Item:
+        field = self.field
+        location = f"{location} 字段/field '{field}'"
+        if not isinstance(record, dict):
+            kind = json_type_name(record)
+            return _BadRecord(
+                location,
+                f"这条记录是 {kind}，需要一个对象 {{\"{field}\": \"...\"}} / record is {kind}, expected an object",
+            )
+        if field not in record:
+            keys = _describe_keys(record)
+            return _BadRecord(
+                location,
+                f"缺少这个字段，这条记录有的字段：{keys}（可用 --field 指定字段名）"
+                f" / field missing, the record has: {keys} (choose one with --field)",
+            )
+        value = record[field]
+        if not isinstance(value, str):
+            kind = json_type_name(value)
+            return _BadRecord(location, f"值是 {kind}，需要字符串 / value is {kind}, expected a string")
+        # JSON 允许写 "\ud800" 这种不成对的代理项转义，json.loads 会照单全收，
+        # 得到一个无法编码成 UTF-8 的 Python 字符串，到分词时才崩。这里提前拦下。
+        if maybe_escaped and _has_lone_surrogate(value):
+            return _BadRecord(
+                location,
+                "含有不成对的 \\ud800-\\udfff 转义（孤立代理项），无法编码成 UTF-8"
+                " / contains a lone surrogate escape, not encodable as UTF-8",
+            )
+        return number, value
+
+
+def _whole_object(record, number: int, location: str, maybe_escaped: bool) -> _Item:
+    """取值步骤：要整条记录，只要求它是一个 JSON 对象。
+
+    字段里的孤立代理项由使用记录的一方检查（例如 dialogue.py 检查每条消息的正文），
+    因为只有它知道哪些字段真的会被用到。
+    """
     if not isinstance(record, dict):
-        kind = _json_type_name(record)
-        return _BadRecord(
-            location,
-            f"这条记录是 {kind}，需要一个对象 {{\"{field}\": \"...\"}} / record is {kind}, expected an object",
-        )
-    if field not in record:
-        keys = _describe_keys(record)
-        return _BadRecord(
-            location,
-            f"缺少这个字段，这条记录有的字段：{keys}（可用 --field 指定字段名）"
-            f" / field missing, the record has: {keys} (choose one with --field)",
-        )
-    value = record[field]
-    if not isinstance(value, str):
-        kind = _json_type_name(value)
-        return _BadRecord(location, f"值是 {kind}，需要字符串 / value is {kind}, expected a string")
-    return number, value
+        kind = json_type_name(record)
+        return _BadRecord(location, f"这条记录是 {kind}，需要一个 JSON 对象 / record is {kind}, expected an object")
+    return number, record
 
 
 def _has_lone_surrogate(text: str) -> bool:
@@ -385,7 +482,7 @@ def _describe_keys(record: dict, limit: int = 10) -> str:
     return shown + (f" ...（共 {len(keys)} 个 / {len(keys)} in all）" if len(keys) > limit else "")
 
 
-def _json_type_name(value) -> str:
+def json_type_name(value) -> str:
     """用 JSON 的说法称呼一个值的类型（用户写的是 JSON，不是 Python）。"""
     if value is None:
         return "null"
@@ -406,10 +503,8 @@ def _first_line(err: Exception) -> str:
     return text.splitlines()[0] if text else type(err).__name__
 
 
-# 扩展名 -> 读取器。新增格式只需写一个读取器并登记在这里。
-_READERS = {
-    ".txt": _read_txt,
+# JSON 类扩展名 -> 读取器（把文件切成一条条 JSON 记录）；取值步骤由调用者传入。
+_JSON_READERS = {
     ".jsonl": _read_jsonl,
     ".json": _read_json_array,
-    ".parquet": _read_parquet,
 }

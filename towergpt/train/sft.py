@@ -1,0 +1,73 @@
+"""对话微调（SFT）入口：`towergpt sft --config FILE`。
+
+与预训练用**同一个**训练循环（train/loop.py），只换了两样东西：
+    数据     一行一段对话（data/sft_dataset.py），不同对话之间互不可见
+    标签     只有助手说的话（和它的 <|im_end|>）有标签，其余位置是 -100，不计损失
+
+模型结构取自 `init_from` 检查点（配置里的 model 节只有 dropout 生效），
+分词器必须与数据目录里的分词器是同一个（用 sha256 指纹核对）。
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from towergpt.config import RunConfig
+from towergpt.errors import TowerGPTError
+from towergpt.train.loop import Trainer
+
+
+def make_sft_objective(pad_id: int):
+    """SFT 的目标函数：与预训练相同的交叉熵（-100 的位置自动忽略），token 计数不含 padding。"""
+
+    def objective(model, batch, device):
+        inputs, targets = batch
+        inputs = inputs.to(device, non_blocking=True)
+        targets = targets.to(device, non_blocking=True)
+        _, loss = model(inputs, targets)
+        return loss, int((inputs != pad_id).sum())
+
+    return objective
+
+
+def load_initial_model(config: RunConfig, data_dir: Path):
+    """从 init_from 载入模型与分词器，核对分词器与数据一致，并把模型结构写回 config.model。"""
+    from towergpt.checkpoint import MODEL_FILE, load_model_weights, read_model_config, resolve_checkpoint
+    from towergpt.model import GPT
+    from towergpt.tokenizer import Tokenizer
+
+    if not config.init_from:
+        raise TowerGPTError("init_from 未设置：需要从一个已有的检查点开始 / init_from is required")
+    directory = resolve_checkpoint(config.init_from)
+    model_config = read_model_config(directory)
+    model_config.dropout = config.model.dropout          # 结构来自检查点，dropout 来自本次配置
+    model = GPT(model_config)
+    load_model_weights(model, directory / MODEL_FILE)
+    tokenizer = Tokenizer.load(directory)
+    data_tokenizer = Tokenizer.load(data_dir / "tokenizer")
+    if data_tokenizer.fingerprint != tokenizer.fingerprint:
+        raise TowerGPTError(
+            f"{data_dir} 的分词器与 {directory} 的不是同一个，请用检查点里的分词器重新准备数据 / "
+            f"the data was tokenized with a different tokenizer than the checkpoint"
+        )
+    config.model = model_config
+    return model, tokenizer
+
+
+def run_sft(config: RunConfig, resume: bool = False) -> dict:
+    """准备对话数据与初始模型，运行训练循环，返回摘要。"""
+    from towergpt.data.prepare import load_meta
+    from towergpt.data.sft_dataset import SFTData
+
+    if not config.data.path:
+        raise TowerGPTError("data.path 未设置：请指向 `towergpt data prepare --format sft` 的输出 / data.path is not set")
+    data_dir = Path(config.data.path)
+    model, tokenizer = load_initial_model(config, data_dir)
+    seq_len, seed = config.model.max_seq_len, config.train.seed
+    train_data = SFTData(data_dir, "train", seq_len, seed=seed)
+    has_val = load_meta(data_dir, "sft")["val"]["conversations"] > 0   # --val-fraction 0 时没有验证集
+    val_data = SFTData(data_dir, "val", seq_len, seed=seed) if has_val else None
+    print(f"对话 / conversations: 训练 train {train_data.num_conversations:,}，"
+          f"验证 val {val_data.num_conversations if val_data else 0:,}")
+    trainer = Trainer(config, model, tokenizer, make_sft_objective(tokenizer.pad_id), train_data, val_data)
+    return trainer.run(resume=resume)
