@@ -56,6 +56,10 @@ def _cmd_pretrain(args: argparse.Namespace) -> None:
 
 
 def _print_summary(summary: dict) -> None:
+    from towergpt.train.distributed import is_main_process
+
+    if not is_main_process():
+        return
     print("完成 / done: " + ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
                                      for k, v in summary.items()))
 

@@ -49,11 +49,12 @@ class TrainConfig:
     compile: bool = False          # 用 torch.compile 编译模型（首次较慢，之后更快）
     threads: int = 0               # CPU 线程数（0 = PyTorch 默认）
     max_bad_steps: int = 5         # 连续多少步损失/梯度非有限值（NaN/inf）就保存并停止
+    distributed: str = "ddp"       # 用 torchrun 多进程时的并行方式：ddp（数据并行）/ fsdp（参数分片）
 
 
 @dataclass
 class OptimConfig:
-    name: str = "adamw"            # 优化器
+    name: str = "adamw"            # 优化器：adamw / galore_adamw / galore_adamw8bit / muon（见 docs/optimizers.md）
     lr: float = 1e-3               # 峰值学习率（预热结束时达到）
     min_lr: float = 1e-4           # 余弦衰减的下限
     warmup_steps: int = 100        # 线性预热的步数
@@ -62,6 +63,18 @@ class OptimConfig:
     beta1: float = 0.9
     beta2: float = 0.95
     eps: float = 1e-8
+    # ---- GaLore（name = galore_adamw / galore_adamw8bit）：只作用于注意力和 MLP 的权重矩阵 ----
+    galore_rank: int = 128               # 梯度投影到的低秩子空间的维数 r：Adam 的两份状态从 m×n 缩成 m×r（或 r×n）
+    galore_update_proj_gap: int = 200    # 每隔多少步用当前梯度的 SVD 重新挑一次子空间（SVD 较贵，不能每步做）
+    galore_scale: float = 0.25           # 低秩更新投影回原空间后乘的系数 α（GaLore 论文的默认值）
+    galore_proj_type: str = "std"        # 从哪一侧投影：std（短边一侧，省得最多）/ reverse_std / left / right / full
+    # ---- Muon（name = muon）：注意力和 MLP 的权重矩阵用 Muon，其余参数仍用 AdamW ----
+    muon_lr: float = 0.02                # Muon 矩阵的峰值学习率；与 lr 走同一条预热 + 余弦曲线（按 muon_lr / lr 等比缩放）
+    muon_momentum: float = 0.95          # 动量系数 μ：梯度的指数滑动平均
+    muon_nesterov: bool = True           # 用 Nesterov 动量（先“往前看一步”再正交化）
+    muon_ns_steps: int = 5               # Newton–Schulz 迭代次数：把更新矩阵近似正交化（1~99）
+    muon_weight_decay: float = 0.0       # Muon 矩阵的解耦权重衰减（每步乘 1 - 实际lr·λ）；AdamW 部分仍用 weight_decay
+    muon_adjust_lr: str = "original"     # 按矩阵形状调整步长：original（√max(1, 行/列)）/ match_rms_adamw（0.2·√max(行, 列)）
 
 
 @dataclass
@@ -190,6 +203,8 @@ def _check_ranges(config: RunConfig, where) -> None:
         raise TowerGPTError(f"{where('optim.lr')}: 需要 0 ≤ min_lr ≤ lr 且 lr > 0 / need 0 <= min_lr <= lr, lr > 0")
     if config.train.dtype not in ("auto", "float32", "bfloat16", "float16"):
         raise TowerGPTError(f"{where('train.dtype')}: 只能是 auto / float32 / bfloat16 / float16")
+    if config.train.distributed not in ("ddp", "fsdp"):
+        raise TowerGPTError(f"{where('train.distributed')}: 只能是 ddp 或 fsdp / must be ddp or fsdp")
     if config.train.keep_last < 1:
         raise TowerGPTError(f"{where('train.keep_last')}: 必须 ≥ 1 / must be at least 1")
 

@@ -10,6 +10,9 @@
     损失或梯度不是有限数？跳过这次更新并记录
     optimizer.step()；清零梯度
 
+多进程（torchrun）时，每个进程跑同一个循环、读不同的数据；梯度在反向传播时自动求平均
+（见 train/distributed.py）。只有 rank 0 打印、写指标、存检查点。
+
 目标函数的接口：objective(model, batch, device) -> (loss, tokens)，
     loss 是标量张量，tokens 是这个批次里的 token 数（用于统计吞吐）。
 训练数据的接口：next_batch(batch_size)、state_dict()、load_state_dict()。
@@ -28,7 +31,7 @@ from tqdm import tqdm
 
 from towergpt.config import RunConfig, save_config
 from towergpt.errors import TowerGPTError
-from towergpt.train import precision
+from towergpt.train import distributed, precision
 from towergpt.train.checkpointing import latest_checkpoint, load_checkpoint, save_checkpoint
 from towergpt.train.metrics import MetricsLogger
 from towergpt.train.optim import build_optimizer, learning_rate
@@ -59,19 +62,22 @@ class Trainer:
 
         if config.train.threads > 0:
             torch.set_num_threads(config.train.threads)
-        self.device = precision.pick_device(config.train.device)
+        self.dist, self.device = distributed.setup(config.train.device, config.train.distributed)
         self.dtype = precision.pick_dtype(config.train.dtype, self.device)
+        self.model_class = type(model)   # FSDP 会把模型的类换成一个动态子类，先记下原来的
         self.model = model.to(self.device)
+        # forward_model 是训练时做前向的“外壳”（torch.compile / DDP / FSDP），参数仍是 self.model 的那一份
+        self.forward_model = distributed.wrap_model(self.model, self.dist, self.device, config.train.compile)
         self.optimizer = build_optimizer(self.model, config.optim, self.device)
         self.scaler = precision.make_grad_scaler(self.device, self.dtype)
-        # torch.compile 返回一个包装后的模型；参数仍是同一份，保存时用未包装的 self.model
-        self.forward_model = torch.compile(self.model) if config.train.compile else self.model
         self.progress = TrainProgress()
+        self.fsdp = self.dist.enabled and self.dist.strategy == "fsdp"
 
     # ---- 入口 ----------------------------------------------------------------
 
     def run(self, resume: bool = False) -> dict:
         """训练到 max_steps（或被信号打断），返回摘要 dict。"""
+        distributed.check_ranks_agree(self._fingerprint(), self.dist)
         self.run_dir.mkdir(parents=True, exist_ok=True)
         if resume:
             self._resume()
@@ -80,18 +86,31 @@ class Trainer:
                 f"{self.run_dir} 里已有检查点：续训请加 --resume，重新开始请换一个 train.out_dir / "
                 f"checkpoints exist: pass --resume, or choose another train.out_dir"
             )
-        save_config(self.config, self.run_dir / "config.yaml")
-        self.metrics = MetricsLogger(self.run_dir, resume_step=self.progress.step)
+        self.metrics = None
+        if self.dist.is_main:
+            save_config(self.config, self.run_dir / "config.yaml")
+            self.metrics = MetricsLogger(self.run_dir, resume_step=self.progress.step)
         try:
             stopped_by = self._loop()
         finally:
-            self.metrics.close()
+            if self.metrics is not None:
+                self.metrics.close()
+        distributed.teardown()
         return self._summary(stopped_by)
+
+    def _fingerprint(self) -> dict:
+        """多进程时各 rank 必须一致的东西：完整配置 + 数据的描述。"""
+        meta = getattr(self.train_data, "meta", {}) or {}
+        return {"config": self.config.to_dict(), "data": {k: meta.get(k) for k in ("tokenizer_fingerprint", "train")}}
+
+    def _log(self, row: dict) -> None:
+        if self.metrics is not None:
+            self.metrics.log(row)
 
     def _loop(self) -> str:
         train = self.config.train
         bar = tqdm(total=train.max_steps, initial=self.progress.step, unit="step", dynamic_ncols=True,
-                   desc="训练 / train")
+                   desc="训练 / train", disable=not self.dist.is_main)
         self.model.train()
         with StopRequest() as stop, bar:
             while self.progress.step < train.max_steps:
@@ -99,17 +118,19 @@ class Trainer:
                 row = self.train_step(step)
                 self.progress.step = step
                 if step % train.log_every == 0 or step in (1, train.max_steps) or row.get("skipped"):
-                    self.metrics.log(row)
+                    self._log(row)
                 if self.progress.bad_streak >= train.max_bad_steps:
                     self._stop_after_bad_steps()
                 bar.update(1)
                 bar.set_postfix(loss=f"{row['loss']:.3f}", lr=f"{row['lr']:.2e}", tok_s=f"{row['tok_per_s']:.0f}")
                 finishing = step == train.max_steps
+                # 某个进程收到信号，所有进程都要在同一步停下（否则其余进程会在下一次通信时永远等下去）
+                stopping = distributed.any_rank(stop.requested, self.dist, self.device)
                 if (train.eval_every and step % train.eval_every == 0) or finishing:
                     self._evaluate(bar)
-                if (train.save_every and step % train.save_every == 0) or finishing or stop.requested:
+                if (train.save_every and step % train.save_every == 0) or finishing or stopping:
                     self._save()
-                if stop.requested:
+                if stopping:
                     bar.write(f"已在第 {step} 步保存并停止 / saved at step {step} and stopped")
                     return stop.signal_name
         return "max_steps"
@@ -126,14 +147,21 @@ class Trainer:
 
         loss_sum = torch.zeros((), device=self.device)
         tokens = 0
-        for _ in range(train.grad_accum):
+        for micro_step in range(train.grad_accum):
             batch = self.train_data.next_batch(train.micro_batch_size)
-            with precision.autocast(self.device, self.dtype):
-                loss, batch_tokens = self.objective(self.forward_model, batch, self.device)
-            # 除以 grad_accum：累积 N 个微批次的梯度之和 = N 倍，除掉后等于大批次的平均梯度
-            self.scaler.scale(loss / train.grad_accum).backward()
+            # 多进程时，只有最后一个微批次的反向传播才在进程间同步梯度
+            last = micro_step == train.grad_accum - 1
+            with distributed.skip_gradient_sync(self.forward_model, self.dist, skip=not last):
+                with precision.autocast(self.device, self.dtype):
+                    loss, batch_tokens = self.objective(self.forward_model, batch, self.device)
+                # 除以 grad_accum：累积 N 个微批次的梯度之和 = N 倍，除掉后等于大批次的平均梯度
+                self.scaler.scale(loss / train.grad_accum).backward()
             loss_sum += loss.detach()
             tokens += batch_tokens
+        # 日志里的损失是所有进程的平均，token 数是所有进程之和（全局批次 = 微批次 × 累积 × 进程数）
+        totals = torch.stack([loss_sum, torch.tensor(float(tokens), device=self.device)])
+        loss_sum, tokens = distributed.all_reduce_sum(totals, self.dist)
+        loss_sum, tokens = loss_sum / self.dist.world_size, int(tokens.item())
 
         # 先把 fp16 放大过的梯度缩回真实大小，再裁剪 —— 顺序反了，裁剪阈值就失去意义
         self.scaler.unscale_(self.optimizer)
@@ -161,8 +189,9 @@ class Trainer:
     def _on_bad_step(self, step: int, loss: float, grad_norm: float) -> None:
         """损失或梯度是 NaN/inf：这一步不更新参数，只记录下来。"""
         self.progress.bad_streak += 1
-        tqdm.write(f"第 {step} 步损失/梯度非有限（loss={loss}, grad_norm={grad_norm}），跳过更新 / "
-                   f"non-finite step skipped")
+        if self.dist.is_main:
+            tqdm.write(f"第 {step} 步损失/梯度非有限（loss={loss}, grad_norm={grad_norm}），跳过更新 / "
+                       f"non-finite step skipped")
 
     def _stop_after_bad_steps(self) -> None:
         """连续太多步非有限：参数仍是最后一次正常更新后的状态，保存它并清楚地停下。"""
@@ -177,19 +206,28 @@ class Trainer:
 
     @torch.no_grad()
     def evaluate(self) -> dict:
-        """在验证集上算平均损失、困惑度和每字符比特数（bpc）。"""
-        if self.val_data is None:
+        """在验证集上算平均损失、困惑度和每字符比特数（bpc）。
+
+        DDP 时只有 rank 0 评估（用不带 DDP 外壳的模型，不涉及通信）；FSDP 时参数分散在各进程，
+        前向需要所有进程一起参与，所以大家都评估同样的批次，只有 rank 0 记录。
+        """
+        if self.val_data is None or not (self.dist.is_main or self.fsdp):
             return {}
+        eval_model = self.forward_model if self.fsdp else getattr(self.forward_model, "module", self.forward_model)
         self.model.eval()
         loss_total, token_total = 0.0, 0
         batches = self.val_data.iter_eval_batches(self.config.train.micro_batch_size,
                                                   self.config.data.eval_batches or None)
         for batch in batches:
             with precision.autocast(self.device, self.dtype):
-                loss, _ = self.objective(self.forward_model, batch, self.device)
+                loss, _ = self.objective(eval_model, batch, self.device)
             targets = _count_targets(batch)
             loss_total += loss.item() * targets
             token_total += targets
+        if self.fsdp:
+            # FSDP2 的根模块在只有前向、没有反向时会一直保留“收集好的完整参数”；手动切回分片，
+            # 否则之后取优化器状态时参数对不上号
+            self.model.reshard()
         self.model.train()
         if token_total == 0:
             return {}
@@ -206,46 +244,80 @@ class Trainer:
         if not result:
             return
         self.progress.last_eval = result
-        self.metrics.log({"step": self.progress.step, **result})
+        self._log({"step": self.progress.step, **result})
         parts = ", ".join(f"{k}={v:.4f}" for k, v in result.items())
         bar.write(f"[step {self.progress.step}] {parts}")
 
     # ---- 检查点 --------------------------------------------------------------
 
     def _trainer_state(self) -> dict:
-        state = {
+        rng = {"cpu": torch.get_rng_state()}
+        if self.device.type == "cuda":
+            rng["cuda"] = torch.cuda.get_rng_state(self.device)
+        optimizer_state = (distributed.full_optimizer_state(self.model, self.optimizer, self.dist) if self.fsdp
+                           else self.optimizer.state_dict())
+        return {
             "progress": {
                 "step": self.progress.step, "tokens_seen": self.progress.tokens_seen,
                 "elapsed_s": self.progress.elapsed_s, "bad_streak": self.progress.bad_streak,
                 "last_eval": dict(self.progress.last_eval),
             },
-            "optimizer": self.optimizer.state_dict(),
+            "optimizer": optimizer_state,
             "scaler": self.scaler.state_dict(),
             "data": self.train_data.state_dict(),
-            # 随机数状态：dropout 等用到随机数的地方续训后与不中断时完全一致
-            "rng_cpu": torch.get_rng_state(),
+            # 每个进程的随机数状态（dropout 用到它）：续训后与不中断时完全一致
+            "rng_per_rank": distributed.gather_objects(rng, self.dist),
+            "world_size": self.dist.world_size,
         }
-        if self.device.type == "cuda":
-            state["rng_cuda"] = torch.cuda.get_rng_state(self.device)
-        return state
 
-    def _save(self) -> Path:
-        return save_checkpoint(self.run_dir, self.progress.step, self.model, self.tokenizer,
-                               self._trainer_state(), self.config.train.keep_last)
+    def _save(self) -> Path | None:
+        """所有进程都要调用（FSDP 收集分片、随机数状态收集都是集体通信），只有 rank 0 写文件。"""
+        state = self._trainer_state()
+        model = self._model_for_saving()
+        path = None
+        if self.dist.is_main:
+            path = save_checkpoint(self.run_dir, self.progress.step, model, self.tokenizer, state,
+                                   self.config.train.keep_last)
+        distributed.barrier(self.dist)
+        return path or latest_checkpoint(self.run_dir)
+
+    def _model_for_saving(self):
+        """DDP / 单进程：就是 self.model。FSDP：把分片收集成完整权重，放进 CPU 上的一个新模型里再保存。"""
+        if not self.fsdp:
+            return self.model
+        full = distributed.full_model_state(self.model, self.dist)
+        if not self.dist.is_main:
+            return None
+        cpu_model = self.model_class(self.model.config)
+        cpu_model.load_state_dict(full)
+        return cpu_model
 
     def _resume(self) -> None:
         directory = latest_checkpoint(self.run_dir)
         if directory is None:
             raise TowerGPTError(f"--resume：{self.run_dir} 里没有检查点 / no checkpoint to resume from")
-        state = load_checkpoint(directory, self.model)
-        self.optimizer.load_state_dict(state["optimizer"])
+        if self.fsdp:
+            # 先把完整权重读进 CPU 上的一个新模型，再由 FSDP 切成本进程的分片
+            full_model = self.model_class(self.model.config)
+            state = load_checkpoint(directory, full_model)
+            distributed.load_full_state(self.model, self.optimizer, full_model.state_dict(), state["optimizer"])
+        else:
+            state = load_checkpoint(directory, self.model)
+            self.optimizer.load_state_dict(state["optimizer"])
+        if state.get("world_size", 1) != self.dist.world_size:
+            raise TowerGPTError(
+                f"{directory} 是用 {state.get('world_size', 1)} 个进程训练的，续训需要同样的进程数（现在是 "
+                f"{self.dist.world_size}）/ resume needs the same number of processes"
+            )
         self.scaler.load_state_dict(state["scaler"])
         self.train_data.load_state_dict(state["data"])
-        torch.set_rng_state(state["rng_cpu"])
-        if "rng_cuda" in state and self.device.type == "cuda":
-            torch.cuda.set_rng_state(state["rng_cuda"], self.device)
+        rng = state["rng_per_rank"][self.dist.rank]
+        torch.set_rng_state(rng["cpu"])
+        if "cuda" in rng and self.device.type == "cuda":
+            torch.cuda.set_rng_state(rng["cuda"], self.device)
         self.progress = TrainProgress(**state["progress"])
-        print(f"从 {directory} 续训（第 {self.progress.step} 步）/ resuming from step {self.progress.step}")
+        if self.dist.is_main:
+            print(f"从 {directory} 续训（第 {self.progress.step} 步）/ resuming from step {self.progress.step}")
 
     def _summary(self, stopped_by: str) -> dict:
         return {

@@ -14,6 +14,7 @@ import torch
 from towergpt.config import RunConfig
 from towergpt.errors import TowerGPTError
 from towergpt.model import GPT
+from towergpt.train.distributed import is_main_process, rank_and_world
 from towergpt.train.loop import Trainer
 
 
@@ -57,13 +58,15 @@ def run_pretrain(config: RunConfig, resume: bool = False) -> dict:
         raise TowerGPTError("data.path 未设置：请指向 `towergpt data prepare` 的输出目录 / data.path is not set")
     data_dir = Path(config.data.path)
     seq_len, seed = config.model.max_seq_len, config.train.seed
-    train_data = PackedPretrainData(data_dir, "train", seq_len, seed=seed)
+    rank, world_size = rank_and_world()   # 多进程时每个进程读训练数据里互不重叠的一份
+    train_data = PackedPretrainData(data_dir, "train", seq_len, seed=seed, rank=rank, world_size=world_size)
     val_data = PackedPretrainData(data_dir, "val", seq_len, seed=seed)
     tokenizer = Tokenizer.load(data_dir / "tokenizer")
     resolve_vocab_size(config, tokenizer)
-    model = build_model(config)
-    tokens_per_step = config.train.micro_batch_size * config.train.grad_accum * seq_len
-    print(f"每步 / per step: {tokens_per_step:,} tokens；训练集一轮 / one epoch: "
-          f"{train_data.num_windows * seq_len:,} tokens")
+    model = build_model(config, verbose=is_main_process())
+    tokens_per_step = config.train.micro_batch_size * config.train.grad_accum * seq_len * world_size
+    if is_main_process():
+        print(f"每步 / per step: {tokens_per_step:,} tokens（微批次 × 累积 × {world_size} 个进程）；"
+              f"训练集一轮 / one epoch: {train_data.num_windows * seq_len:,} tokens")
     trainer = Trainer(config, model, tokenizer, language_model_objective, train_data, val_data)
     return trainer.run(resume=resume)

@@ -14,6 +14,7 @@ from pathlib import Path
 
 from towergpt.config import RunConfig
 from towergpt.errors import TowerGPTError
+from towergpt.train.distributed import is_main_process, rank_and_world
 from towergpt.train.loop import Trainer
 
 
@@ -64,10 +65,12 @@ def run_sft(config: RunConfig, resume: bool = False) -> dict:
     data_dir = Path(config.data.path)
     model, tokenizer = load_initial_model(config, data_dir)
     seq_len, seed = config.model.max_seq_len, config.train.seed
-    train_data = SFTData(data_dir, "train", seq_len, seed=seed)
+    rank, world_size = rank_and_world()   # 多进程时每个进程读互不重叠的一份对话
+    train_data = SFTData(data_dir, "train", seq_len, seed=seed, rank=rank, world_size=world_size)
     has_val = load_meta(data_dir, "sft")["val"]["conversations"] > 0   # --val-fraction 0 时没有验证集
     val_data = SFTData(data_dir, "val", seq_len, seed=seed) if has_val else None
-    print(f"对话 / conversations: 训练 train {train_data.num_conversations:,}，"
-          f"验证 val {val_data.num_conversations if val_data else 0:,}")
+    if is_main_process():
+        print(f"对话 / conversations: 训练 train {train_data.num_conversations:,}，"
+              f"验证 val {val_data.num_conversations if val_data else 0:,}")
     trainer = Trainer(config, model, tokenizer, make_sft_objective(tokenizer.pad_id), train_data, val_data)
     return trainer.run(resume=resume)
