@@ -63,6 +63,9 @@ class Trainer:
         if config.train.threads > 0:
             torch.set_num_threads(config.train.threads)
         self.dist, self.device = distributed.setup(config.train.device, config.train.distributed)
+        if self.dist.enabled and config.train.distributed == "fsdp" and config.optim.name != "adamw":
+            raise TowerGPTError("train.distributed=fsdp 目前只支持 optim.name=adamw（GaLore / Muon 需要完整矩阵）/ "
+                                "FSDP supports only adamw")
         self.dtype = precision.pick_dtype(config.train.dtype, self.device)
         self.model_class = type(model)   # FSDP 会把模型的类换成一个动态子类，先记下原来的
         self.model = model.to(self.device)
