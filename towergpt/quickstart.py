@@ -92,7 +92,7 @@ def _pretrain(out: Path, minutes: float, device: str) -> dict:
         f"train.out_dir={out / 'pretrain'}", f"train.max_steps={steps}", f"train.eval_every={eval_every}",
         f"train.save_every={eval_every * 2}", f"optim.warmup_steps={min(50, steps // 10)}",
     ])
-    result = run_pretrain(config)
+    result = _stop_if_interrupted(run_pretrain(config))
     return {
         "val_loss": result.get("val_loss"), "val_bpc": result.get("val_bpc"), "val_ppl": result.get("val_ppl"),
         "tokens_seen": result["tokens_seen"], "steps": result["step"],
@@ -123,7 +123,7 @@ def _sft(out: Path, minutes: float, device: str) -> dict:
         f"train.out_dir={out / 'sft'}", f"train.max_steps={steps}", f"train.eval_every={eval_every}",
         f"train.save_every={eval_every * 2}", f"optim.warmup_steps={min(30, steps // 10)}",
     ])
-    result = run_sft(config)
+    result = _stop_if_interrupted(run_sft(config))
     return {"sft_steps": result["step"], "sft_val_loss": result.get("val_loss"),
             "sft_seconds": result["elapsed_s"]}
 
@@ -139,6 +139,13 @@ def _evaluate_sentiment(out: Path) -> dict:
     for example in result["examples"]:
         print(f"你 / you > {example['user']}\n助手 / assistant > {example['assistant']}"
               f"   （标注 / label: {example['label']}）\n")
+    return result
+
+
+def _stop_if_interrupted(result: dict) -> dict:
+    """训练被 Ctrl-C / SIGTERM 打断时（检查点已保存），整条流水线也就此停下，而不是带着半成品继续。"""
+    if result["stopped_by"] != "max_steps":
+        raise KeyboardInterrupt
     return result
 
 

@@ -1,0 +1,29 @@
+"""README 的第一条命令：`towergpt quickstart` 端到端（极短的训练时间），产出齐全、摘要字段齐全。"""
+
+import json
+
+from conftest import run_cli
+
+
+def test_quickstart_runs_the_whole_pipeline(tmp_path):
+    out = tmp_path / "qs"
+    result = run_cli("quickstart", "--out", out, "--minutes", "0.05", "--sft-minutes", "0.05", "--device", "cpu",
+                     timeout=900)
+    assert result.returncode == 0, result.stderr[-3000:]
+    summary = json.loads((out / "summary.json").read_text(encoding="utf-8"))
+    for key in ("val_loss", "val_bpc", "tokens_seen", "params", "minutes", "sentiment_accuracy",
+                "majority_baseline", "samples", "examples"):
+        assert key in summary, key
+    assert summary["heldout_reviews"] == 1000 and summary["majority_baseline"] == 0.5
+    assert 0.0 <= summary["sentiment_accuracy"] <= 1.0
+    assert "准确率" in result.stdout and "【贪心 greedy】" in result.stdout
+    for path in ("pretrain/checkpoints/latest", "sft/checkpoints/latest", "tokenizer/tokenizer.model",
+                 "data/meta.json", "sft_data/meta.json"):
+        assert (out / path).exists(), path
+    # 重跑同一个目录：quickstart 自己的输出会被清空重来；别人的目录则拒绝
+    foreign = tmp_path / "mine"
+    foreign.mkdir()
+    (foreign / "notes.txt").write_text("keep me")
+    refused = run_cli("quickstart", "--out", foreign, "--minutes", "0.05")
+    assert refused.returncode == 2 and "Traceback" not in refused.stderr
+    assert (foreign / "notes.txt").read_text() == "keep me"
