@@ -34,7 +34,7 @@ from towergpt.errors import TowerGPTError
 from towergpt.train import distributed, precision
 from towergpt.train.checkpointing import latest_checkpoint, load_checkpoint, save_checkpoint
 from towergpt.train.metrics import MetricsLogger
-from towergpt.train.optim import build_optimizer, learning_rate
+from towergpt.train.optim import build_optimizer, learning_rate, set_learning_rate
 from towergpt.train.signals import StopRequest
 
 
@@ -145,8 +145,7 @@ class Trainer:
         train, optim = self.config.train, self.config.optim
         started = time.perf_counter()
         lr = learning_rate(step, optim, train.max_steps)
-        for group in self.optimizer.param_groups:
-            group["lr"] = lr
+        set_learning_rate(self.optimizer, lr)
 
         loss_sum = torch.zeros((), device=self.device)
         tokens = 0
