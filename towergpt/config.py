@@ -69,7 +69,7 @@ class OptimConfig:
     galore_scale: float = 0.25           # 低秩更新投影回原空间后乘的系数 α（GaLore 论文的默认值）
     galore_proj_type: str = "std"        # 从哪一侧投影：std（短边一侧，省得最多）/ reverse_std / left / right / full
     # ---- Muon（name = muon）：注意力和 MLP 的权重矩阵用 Muon，其余参数仍用 AdamW ----
-    muon_lr: float = 0.02                # Muon 矩阵的峰值学习率；与 lr 走同一条预热 + 余弦曲线（按 muon_lr / lr 等比缩放）
+    muon_lr: float = 0.005               # Muon 矩阵的峰值学习率；与 lr 走同一条预热 + 余弦曲线（按 muon_lr / lr 等比缩放）
     muon_momentum: float = 0.95          # 动量系数 μ：梯度的指数滑动平均
     muon_nesterov: bool = True           # 用 Nesterov 动量（先“往前看一步”再正交化）
     muon_ns_steps: int = 5               # Newton–Schulz 迭代次数：把更新矩阵近似正交化（1~99）
