@@ -38,6 +38,16 @@ from towergpt.errors import TowerGPTError
 SPLITS = ("train", "val")
 
 
+def check_dataset_args(split: str, seq_len: int, rank: int, world_size: int) -> None:
+    """预训练与 SFT 数据集共用的参数检查。"""
+    if split not in SPLITS:
+        raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
+    if seq_len < 1:
+        raise TowerGPTError(f"序列长度必须是正整数 / seq_len must be positive, got {seq_len}")
+    if not 0 <= rank < world_size:
+        raise ValueError(f"need 0 <= rank < world_size, got rank={rank}, world_size={world_size}")
+
+
 class PackedPretrainData:
     """一个划分（train 或 val）上的打包窗口流，支持多卡切分、确定性的打乱和断点续训。
 
@@ -55,12 +65,7 @@ class PackedPretrainData:
 
     def __init__(self, data_dir: str | os.PathLike, split: str, seq_len: int,
                  seed: int = 0, rank: int = 0, world_size: int = 1):
-        if split not in SPLITS:
-            raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
-        if seq_len < 1:
-            raise TowerGPTError(f"序列长度必须是正整数 / seq_len must be positive, got {seq_len}")
-        if not 0 <= rank < world_size:
-            raise ValueError(f"need 0 <= rank < world_size, got rank={rank}, world_size={world_size}")
+        check_dataset_args(split, seq_len, rank, world_size)
         self.data_dir = Path(data_dir)
         self.meta = load_meta(self.data_dir, kind="pretrain")
         self.split = split

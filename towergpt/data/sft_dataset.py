@@ -40,10 +40,10 @@ import numpy as np
 import torch
 
 from towergpt.data.prepare import INDEX_DTYPE, MASK_DTYPE, load_meta
+from towergpt.data.pretrain_dataset import check_dataset_args
 from towergpt.errors import TowerGPTError
 from towergpt.model import IGNORE_INDEX
 
-SPLITS = ("train", "val")
 
 # 每多少个批次的对话放在一起按长度排序（见模块开头“按长度分组”）
 CHUNK_BATCHES = 64
@@ -70,12 +70,7 @@ class SFTData:
 
     def __init__(self, data_dir: str | os.PathLike, split: str, seq_len: int,
                  seed: int = 0, rank: int = 0, world_size: int = 1):
-        if split not in SPLITS:
-            raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
-        if seq_len < 1:
-            raise TowerGPTError(f"序列长度必须是正整数 / seq_len must be positive, got {seq_len}")
-        if not 0 <= rank < world_size:
-            raise ValueError(f"need 0 <= rank < world_size, got rank={rank}, world_size={world_size}")
+        check_dataset_args(split, seq_len, rank, world_size)
         self.data_dir = Path(data_dir)
         self.meta = _load_sft_meta(self.data_dir, seq_len)
         self.split = split
