@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import argparse
+import importlib
 import sys
 
 from towergpt.errors import TowerGPTError
@@ -89,6 +90,30 @@ def _cmd_generate(args: argparse.Namespace) -> None:
     generate_cli(args)
 
 
+def _cmd_dpo(args: argparse.Namespace) -> None:
+    from towergpt.config import load_config
+    from towergpt.train.dpo import run_dpo
+
+    _print_summary(run_dpo(load_config(args.config, args.set), resume=args.resume))
+
+
+def _module_command(commands, name: str, module: str, help_text: str) -> argparse.ArgumentParser | None:
+    """注册一个由独立模块实现的子命令：模块提供 add_arguments(parser) 与 main(args)。
+
+    这些模块在顶层只 import 标准库（torch 等放进函数里），所以 `towergpt --help` 仍然很快。
+    """
+    try:
+        implementation = importlib.import_module(module)
+    except ModuleNotFoundError as error:
+        if error.name != module:  # 模块本身在，但它缺了某个依赖：这是真错误，照常抛出
+            raise
+        return None  # 这个命令所在的模块还没写（开发中）：不注册
+    parser = commands.add_parser(name, help=help_text)
+    implementation.add_arguments(parser)
+    parser.set_defaults(handler=implementation.main)
+    return parser
+
+
 # ---------------------------------------------------------------------------
 # 参数定义
 # ---------------------------------------------------------------------------
@@ -110,6 +135,25 @@ def add_training_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
                         help="覆盖配置中的一项，可重复，例如 --set train.max_steps=100")
     parser.add_argument("--resume", action="store_true", help="从运行目录的最新检查点继续 / resume from latest")
+
+
+# 数据工具：towergpt.data.<name> 模块各实现一个 / one module per data tool
+DATA_TOOLS = [
+    ("convert", "格式转换：json↔jsonl、txt/parquet→jsonl、字段改名 / convert formats"),
+    ("merge", "合并多个语料文件 / merge corpus files"),
+    ("shuffle", "打乱记录（可大于内存）/ shuffle records, larger than memory"),
+    ("clean", "按长度、字符比例过滤并规整空白 / filter and normalise"),
+    ("dedup", "去重：完全相同 + MinHash 近似重复 / exact and near-duplicate removal"),
+]
+
+# 其余由独立模块实现的命令：(命令名, 模块, 帮助)
+MODULE_COMMANDS = [
+    ("eval", "towergpt.evaluate", "评估损失、困惑度、每字符比特或情感任务 / evaluate a checkpoint"),
+    ("plot", "towergpt.plot", "画训练曲线 / plot training curves"),
+    ("export", "towergpt.export", "导出为 Hugging Face 格式 / export to the Hugging Face format"),
+    ("import", "towergpt.hf_import", "从 Hugging Face Llama 检查点导入 / import a Llama-shaped HF checkpoint"),
+    ("serve", "towergpt.serve", "OpenAI 兼容的 HTTP 服务和网页聊天 / OpenAI-compatible server + web chat"),
+]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -156,6 +200,9 @@ def build_parser() -> argparse.ArgumentParser:
     prep.add_argument("--seed", type=int, default=0, help="划分验证集的种子 / seed of the train/val split")
     prep.add_argument("--overwrite", action="store_true", help="替换已有的数据目录 / replace an existing data dir")
     prep.set_defaults(handler=_cmd_data_prepare)
+    # towergpt data convert|merge|shuffle|clean|dedup ...
+    for name, help_text in DATA_TOOLS:
+        _module_command(data_commands, name, f"towergpt.data.{name}", help_text)
 
     # towergpt quickstart [--out DIR] [--minutes M]
     quick = commands.add_parser("quickstart", help="一条命令跑通整条流水线（内置语料）/ the whole pipeline")
@@ -174,6 +221,15 @@ def build_parser() -> argparse.ArgumentParser:
     sft = commands.add_parser("sft", help="对话微调（只在助手的话上算损失）/ dialogue fine-tuning")
     add_training_args(sft)
     sft.set_defaults(handler=_cmd_sft)
+
+    # towergpt dpo --config FILE [--set k=v ...] [--resume]
+    dpo = commands.add_parser("dpo", help="偏好微调（DPO）/ preference tuning")
+    add_training_args(dpo)
+    dpo.set_defaults(handler=_cmd_dpo)
+
+    # towergpt eval / plot / export / import / serve：各自的模块定义参数
+    for name, module, help_text in MODULE_COMMANDS:
+        _module_command(commands, name, module, help_text)
 
     # towergpt generate ...
     gen = commands.add_parser("generate", help="用检查点续写文本 / continue a prompt")
