@@ -114,6 +114,9 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.T
     二维旋转 (a, b) -> (a·cosθ - b·sinθ, b·cosθ + a·sinθ)。
     rotate_half 把 (前一半 a, 后一半 b) 变成 (-b, a)，于是一行公式同时转完所有平面。
     """
+    # 混合精度（bf16 autocast）时 q、k 是 bf16，而 cos/sin 表是 fp32：直接相乘会把结果“提升”成 fp32，
+    # 白白多出几次整张量的类型转换。先把表转成 x 的精度（Hugging Face 的 Llama 也是这样做的）。
+    cos, sin = cos.to(x.dtype), sin.to(x.dtype)
     first, second = x.chunk(2, dim=-1)
     rotated_half = torch.cat([-second, first], dim=-1)
     return x * cos + rotated_half * sin

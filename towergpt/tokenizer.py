@@ -479,6 +479,10 @@ def _run_sentencepiece(sentences: list[str], vocab_size: int, character_coverage
             eos_id=2, eos_piece=EOS_PIECE,
             pad_id=3, pad_piece=PAD_PIECE,
             control_symbols=list(CHAT_MARKERS),  # 见模块开头第 4 点：防止提示注入
+            # 空格在 SentencePiece 内部写作“▁”。语料里没有空格时（纯中文新闻），词表里就没有“▁”这个 piece，
+            # 空格只能走字节回退，而回退出的正是“▁”的三个字节：解码时分不清原文是空格还是“▁”。
+            # 强制把“▁”收进词表，空格就总有自己的 id，两者不再混淆。
+            required_chars="\u2581",
             num_threads=os.cpu_count() or 1,
             minloglevel=2,  # 只显示错误，不刷屏
         )

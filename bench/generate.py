@@ -1,0 +1,110 @@
+"""生成速度：TowerGPT 的 KV 缓存解码 对 transformers 的 `generate`，同尺寸、同权重、贪心解码。
+
+    pip install -e ".[hf]"
+    python bench/generate.py                   # 批 1 与批 8，各生成 200 个新 token，fp32
+
+两边的贪心输出必须逐 token 相同，否则比较作废（脚本会报错退出）：相同的输出说明两边算的是同一件事，
+速度差只来自实现。批 8 时提示词长短不一，两边都用左 padding + attention_mask。
+每种批大小交替测 --rounds 轮取中位数；tokens/s = 批大小 × 新 token 数 / 秒；比值 = TowerGPT / transformers。
+结果写进 bench/results/generate.json。
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+
+import torch
+
+from peers import alternate, machine_info, median, model_pair, print_table, timed, write_report
+from towergpt.generate import generate, generate_batch_greedy
+from towergpt.model import GPTConfig
+
+PAD_ID = 3
+
+
+def random_prompts(batch: int, vocab: int, seed: int) -> list[list[int]]:
+    """长短不一的提示词（8 到 24 个 token），避开特殊 id 0–5。"""
+    generator = torch.Generator().manual_seed(seed)
+    lengths = torch.randint(8, 25, (batch,), generator=generator).tolist()
+    return [torch.randint(6, vocab, (n,), generator=generator).tolist() for n in lengths]
+
+
+def ours_generate(model, prompts: list[list[int]], new_tokens: int) -> list[list[int]]:
+    if len(prompts) == 1:
+        idx = torch.tensor(prompts, dtype=torch.long)
+        return [generate(model, idx, new_tokens, temperature=0.0)[0, idx.size(1):].tolist()]
+    return generate_batch_greedy(model, prompts, new_tokens, pad_id=PAD_ID)
+
+
+def peer_generate(model, prompts: list[list[int]], new_tokens: int) -> list[list[int]]:
+    width = max(len(p) for p in prompts)
+    idx = torch.full((len(prompts), width), PAD_ID, dtype=torch.long)
+    mask = torch.zeros_like(idx)
+    for row, prompt in enumerate(prompts):
+        idx[row, width - len(prompt):] = torch.tensor(prompt)
+        mask[row, width - len(prompt):] = 1
+    with torch.inference_mode():
+        out = model.generate(input_ids=idx, attention_mask=mask, max_new_tokens=new_tokens,
+                             min_new_tokens=new_tokens, do_sample=False, pad_token_id=PAD_ID)
+    return out[:, width:].tolist()
+
+
+def measure(ours, peer, config: GPTConfig, batch: int, args) -> dict:
+    prompts = random_prompts(batch, config.vocab_size, args.seed)
+    ours_out = ours_generate(ours, prompts, args.new_tokens)
+    peer_out = peer_generate(peer, prompts, args.new_tokens)
+    same = ours_out == peer_out
+    if not same:
+        first = next(i for i, (a, b) in enumerate(zip(ours_out, peer_out)) if a != b)
+        raise SystemExit(f"批 {batch}：第 {first} 条的贪心输出不同，比较作废 / greedy outputs differ, comparison void")
+
+    ours_s, peer_s = alternate(lambda: timed(lambda: ours_generate(ours, prompts, args.new_tokens)),
+                               lambda: timed(lambda: peer_generate(peer, prompts, args.new_tokens)), args.rounds)
+    tokens = batch * args.new_tokens
+    ours_tps, peer_tps = tokens / median(ours_s), tokens / median(peer_s)
+    return {"batch": batch, "new_tokens": args.new_tokens, "greedy_outputs_match": same,
+            "towergpt_tok_s": ours_tps, "transformers_tok_s": peer_tps, "ratio": ours_tps / peer_tps,
+            "rounds_s": {"towergpt": ours_s, "transformers": peer_s}}
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--layers", type=int, default=6)
+    parser.add_argument("--d-model", type=int, default=384)
+    parser.add_argument("--heads", type=int, default=6)
+    parser.add_argument("--kv-heads", type=int, default=6)
+    parser.add_argument("--vocab", type=int, default=8000)
+    parser.add_argument("--seq", type=int, default=256, help="模型的上下文长度（须容下提示词 + 新 token）")
+    parser.add_argument("--new-tokens", type=int, default=200)
+    parser.add_argument("--batches", default="1,8", help="逗号分隔的批大小")
+    parser.add_argument("--threads", type=int, default=os.cpu_count())
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out", default="bench/results/generate.json")
+    args = parser.parse_args(argv)
+
+    torch.set_num_threads(args.threads)
+    config = GPTConfig(vocab_size=args.vocab, n_layer=args.layers, n_head=args.heads, n_kv_head=args.kv_heads,
+                       d_model=args.d_model, max_seq_len=args.seq)
+    ours, peer = model_pair(config, seed=args.seed)
+    ours.eval()
+    peer.eval()
+    peer.generation_config.eos_token_id = None   # 两边都不因 eos 提前停：正好生成 new_tokens 个
+    results = []
+    for batch in (int(b) for b in args.batches.split(",")):
+        results.append(measure(ours, peer, config, batch, args))
+        row = results[-1]
+        print(f"batch {batch}: TowerGPT {row['towergpt_tok_s']:,.0f} tok/s, transformers "
+              f"{row['transformers_tok_s']:,.0f} tok/s, ratio {row['ratio']:.2f}", flush=True)
+
+    print()
+    print_table(["batch", "new tokens", "greedy match", "TowerGPT tok/s", "transformers tok/s", "ratio"],
+                [[r["batch"], r["new_tokens"], r["greedy_outputs_match"], r["towergpt_tok_s"],
+                  r["transformers_tok_s"], r["ratio"]] for r in results])
+    write_report(args.out, {"benchmark": "generate", "machine": machine_info(), "shape": config.to_dict(),
+                            "args": vars(args), "results": results})
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,147 @@
+"""bench/ 各脚本共用的小工具：造一对“同尺寸、同权重”的模型，记录机器信息，交替计时，写结果。
+
+同权重的做法：先随机初始化一个 TowerGPT 模型，再把它的权重原样拷进 transformers 的
+LlamaForCausalLM（两者是同一种结构：RMSNorm、RoPE 前后半配对、GQA、SwiGLU、共享词向量）。
+TowerGPT 把 q/k/v 融成了一个 `qkv` 矩阵，拷贝时按行切开即可。
+
+计时的做法：两个实现在同一个进程里**交替**跑若干轮，每轮各计一次，取各自的中位数再相除。
+共享机器的负载会起伏，交替测量让两边吃到同样的噪声，比值比绝对秒数可信得多。
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import os
+import platform
+import statistics
+import time
+from pathlib import Path
+
+import torch
+
+from towergpt.model import GPT, GPTConfig
+
+
+def llama_config(config: GPTConfig):
+    """与 TowerGPT 配置同尺寸的 transformers LlamaConfig。"""
+    from transformers import LlamaConfig
+
+    return LlamaConfig(
+        vocab_size=config.vocab_size,
+        hidden_size=config.d_model,
+        intermediate_size=config.ffn_hidden,
+        num_hidden_layers=config.n_layer,
+        num_attention_heads=config.n_head,
+        num_key_value_heads=config.n_kv_head,
+        max_position_embeddings=config.max_seq_len,
+        rms_norm_eps=config.norm_eps,
+        rope_theta=config.rope_theta,
+        tie_word_embeddings=config.tie_embeddings,
+        attention_bias=False,
+        mlp_bias=False,
+        hidden_act="silu",
+        bos_token_id=1,
+        eos_token_id=2,
+        pad_token_id=3,
+    )
+
+
+def llama_state_dict(model: GPT) -> dict[str, torch.Tensor]:
+    """把 TowerGPT 的权重改名成 LlamaForCausalLM 的名字（qkv 按行切成 q/k/v）。"""
+    config = model.config
+    q_rows = config.n_head * config.head_dim
+    kv_rows = config.n_kv_head * config.head_dim
+    state = {"model.embed_tokens.weight": model.embed.weight, "model.norm.weight": model.final_norm.weight,
+             "lm_head.weight": model.lm_head.weight}
+    for i, block in enumerate(model.blocks):
+        prefix = f"model.layers.{i}."
+        q, k, v = block.attn.qkv.weight.split([q_rows, kv_rows, kv_rows], dim=0)
+        state.update({
+            prefix + "input_layernorm.weight": block.attn_norm.weight,
+            prefix + "self_attn.q_proj.weight": q,
+            prefix + "self_attn.k_proj.weight": k,
+            prefix + "self_attn.v_proj.weight": v,
+            prefix + "self_attn.o_proj.weight": block.attn.out_proj.weight,
+            prefix + "post_attention_layernorm.weight": block.ffn_norm.weight,
+            prefix + "mlp.gate_proj.weight": block.ffn.gate_proj.weight,
+            prefix + "mlp.up_proj.weight": block.ffn.up_proj.weight,
+            prefix + "mlp.down_proj.weight": block.ffn.down_proj.weight,
+        })
+    return {name: tensor.detach().clone() for name, tensor in state.items()}
+
+
+def model_pair(config: GPTConfig, seed: int = 0):
+    """(TowerGPT 模型, 同权重的 transformers Llama)，都在 CPU、fp32、训练模式。"""
+    from transformers import LlamaForCausalLM
+
+    torch.manual_seed(seed)
+    ours = GPT(config)
+    peer = LlamaForCausalLM(llama_config(config))
+    missing, unexpected = peer.load_state_dict(llama_state_dict(ours), strict=False)
+    # 共享词向量时 lm_head 与 embed_tokens 是同一个张量，load_state_dict 不会报它缺失；其余必须一一对上
+    if unexpected or [name for name in missing if name != "lm_head.weight"]:
+        raise RuntimeError(f"权重没对上 / weights do not match: missing={missing} unexpected={unexpected}")
+    return ours, peer
+
+
+def alternate(measure_a, measure_b, rounds: int) -> tuple[list[float], list[float]]:
+    """交替调用两个计时函数 rounds 轮（a b a b ...），返回两串结果。"""
+    results_a, results_b = [], []
+    for _ in range(rounds):
+        results_a.append(measure_a())
+        results_b.append(measure_b())
+    return results_a, results_b
+
+
+def timed(function) -> float:
+    """function() 的墙钟秒数。"""
+    start = time.perf_counter()
+    function()
+    return time.perf_counter() - start
+
+
+def median(values: list[float]) -> float:
+    return statistics.median(values)
+
+
+def machine_info() -> dict:
+    """写进每份结果的机器描述：谁重跑都能知道数字是在什么环境下量的。"""
+    try:
+        import transformers
+        transformers_version = transformers.__version__
+    except ImportError:
+        transformers_version = None
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return {
+        "date": datetime.date.today().isoformat(),
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "transformers": transformers_version,
+        "cuda": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
+    }
+
+
+def write_report(path: str, report: dict) -> None:
+    out = Path(path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(report, ensure_ascii=False, indent=2) + "\n", encoding="utf-8")
+    print(f"结果已写入 / written: {out}")
+
+
+def print_table(headers: list[str], rows: list[list]) -> None:
+    """打印一张 Markdown 表（可以直接贴进 docs/PERFORMANCE.md）。"""
+    print("| " + " | ".join(headers) + " |")
+    print("|" + "---|" * len(headers))
+    for row in rows:
+        print("| " + " | ".join(f"{cell:,.0f}" if isinstance(cell, float) and cell > 100 else
+                                 f"{cell:.2f}" if isinstance(cell, float) else str(cell) for cell in row) + " |")

@@ -1,0 +1,94 @@
+"""所有错误都用 OpenAI 的错误格式回答，客户端库（openai、各种聊天前端）才能正确识别：
+
+    {"error": {"message": "...", "type": "invalid_request_error", "param": "max_tokens", "code": null}}
+
+用户的错（参数不对、没带密钥、路径不存在……）回 4xx，说清楚是哪个参数、为什么；
+服务器自己的 bug 回 500，但只给一句话——traceback 只写进服务器日志，绝不发给客户端
+（traceback 里有文件路径、代码细节，既帮不了用户，也不该暴露出去）。
+"""
+
+from __future__ import annotations
+
+import logging
+
+log = logging.getLogger("towergpt.serve")
+
+# HTTP 状态码 → OpenAI 的错误类型
+ERROR_TYPES = {
+    400: "invalid_request_error",
+    401: "authentication_error",
+    403: "permission_error",
+    404: "not_found_error",
+    405: "invalid_request_error",
+    413: "invalid_request_error",
+    429: "rate_limit_error",
+    503: "server_error",
+}
+
+
+class APIError(Exception):
+    """一个要以 OpenAI 错误格式回给客户端的错误。"""
+
+    def __init__(self, status: int, message: str, param: str | None = None, code: str | None = None,
+                 headers: dict | None = None):
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.param = param
+        self.code = code
+        self.headers = headers
+
+
+def error_body(status: int, message: str, param: str | None = None, code: str | None = None) -> dict:
+    return {"error": {"message": message, "type": ERROR_TYPES.get(status, "server_error"),
+                      "param": param, "code": code}}
+
+
+def error_response(status: int, message: str, param: str | None = None, code: str | None = None,
+                   headers: dict | None = None):
+    from fastapi.responses import JSONResponse
+
+    return JSONResponse(error_body(status, message, param, code), status_code=status, headers=headers)
+
+
+def install_error_handlers(app) -> None:
+    """让 FastAPI 的每一种错误都以 OpenAI 格式返回。"""
+    from fastapi.exceptions import RequestValidationError
+    from starlette.exceptions import HTTPException
+
+    @app.exception_handler(APIError)
+    async def api_error(request, error: APIError):
+        return error_response(error.status, error.message, error.param, error.code, error.headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid_request(request, error: RequestValidationError):
+        # pydantic 给出的是一串错误；第一条通常就说明了问题。loc 形如 ("body", "messages", 0, "role")
+        first = error.errors()[0]
+        param = _param_name(first.get("loc", ()))
+        message = first.get("msg", "invalid request")
+        if first.get("type") == "json_invalid":
+            message, param = "请求体不是合法的 JSON / request body is not valid JSON", None
+        elif param:
+            message = f"参数 {param} 不合法 / invalid parameter {param}: {message}"
+        return error_response(400, message, param, "invalid_value")
+
+    @app.exception_handler(HTTPException)
+    async def http_error(request, error: HTTPException):
+        messages = {404: f"找不到 / not found: {request.url.path}",
+                    405: f"不支持 {request.method} 方法 / method not allowed: {request.method} {request.url.path}"}
+        message = messages.get(error.status_code, str(error.detail))
+        return error_response(error.status_code, message, headers=getattr(error, "headers", None))
+
+    @app.exception_handler(Exception)
+    async def unexpected(request, error: Exception):
+        log.error("处理 %s 时出错 / error while handling %s", request.url.path, request.url.path, exc_info=error)
+        return error_response(500, "服务器内部错误，详见服务器日志 / internal server error, see the server log")
+
+
+def _param_name(loc) -> str | None:
+    """("body", "messages", 0, "role") → "messages[0].role"。"""
+    parts = [part for part in loc if part != "body"]
+    name = ""
+    for part in parts:
+        name += f"[{part}]" if isinstance(part, int) else (f".{part}" if name else str(part))
+    return name or None

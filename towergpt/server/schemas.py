@@ -1,0 +1,115 @@
+"""请求体的形状和取值范围（pydantic 模型）。不合法的请求在这里就被拦下，回 400。
+
+字段名与 OpenAI 的 API 一致；另有两个常见的扩展字段 top_k、repetition_penalty（vLLM 等也支持）。
+不认识的字段直接忽略（各家客户端会带上 user、metadata 之类的字段）；
+但**认识而做不到**的（n>1、logprobs、tools ……）明确报错，而不是悄悄给出不符合预期的结果。
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from towergpt.server.errors import APIError
+
+MAX_STOP_STRINGS = 4          # 与 OpenAI 相同
+MAX_STOP_LENGTH = 100
+
+
+class TextPart(BaseModel):
+    """消息内容也可以是若干段 {"type": "text", "text": ...}（OpenAI 的多段格式）；本模型只认文字。"""
+
+    type: Literal["text"]
+    text: str
+
+
+class ChatMessage(BaseModel):
+    role: Literal["system", "developer", "user", "assistant"]
+    content: str | list[TextPart]
+
+    def text(self) -> str:
+        if isinstance(self.content, str):
+            return self.content
+        return "".join(part.text for part in self.content)
+
+
+class StreamOptions(BaseModel):
+    include_usage: bool = False
+
+
+class SamplingRequest(BaseModel):
+    """聊天与续写共有的字段。"""
+
+    model_config = ConfigDict(extra="ignore")
+
+    model: str
+    max_tokens: int | None = Field(None, ge=1)
+    max_completion_tokens: int | None = Field(None, ge=1)   # 新版 OpenAI 的名字，优先于 max_tokens
+    temperature: float | None = Field(None, ge=0, le=2)
+    top_p: float | None = Field(None, gt=0, le=1)
+    top_k: int | None = Field(None, ge=1)
+    repetition_penalty: float | None = Field(None, gt=0, le=10)
+    seed: int | None = Field(None, ge=-(2**63), lt=2**64)
+    stop: str | list[str] | None = None
+    stream: bool | None = False
+    stream_options: StreamOptions | None = None
+    # 下面这些做不到，只接受“等于默认值”
+    n: int | None = None
+    frequency_penalty: float | None = None
+    presence_penalty: float | None = None
+    logit_bias: dict | None = None
+    logprobs: bool | int | None = None
+
+    def requested_max_tokens(self) -> int | None:
+        return self.max_completion_tokens if self.max_completion_tokens is not None else self.max_tokens
+
+    def stop_strings(self) -> tuple[str, ...]:
+        stops = [self.stop] if isinstance(self.stop, str) else list(self.stop or [])
+        if len(stops) > MAX_STOP_STRINGS:
+            raise APIError(400, f"stop 最多 {MAX_STOP_STRINGS} 个 / at most {MAX_STOP_STRINGS} stop strings", "stop")
+        if any(len(stop) > MAX_STOP_LENGTH for stop in stops):
+            raise APIError(400, f"每个 stop 最长 {MAX_STOP_LENGTH} 个字符 / stop strings are limited to "
+                                f"{MAX_STOP_LENGTH} characters", "stop")
+        return tuple(stop for stop in stops if stop)
+
+    def include_usage(self) -> bool:
+        return bool(self.stream_options and self.stream_options.include_usage)
+
+    def reject_unsupported(self) -> None:
+        """“认识但做不到”的参数取了非默认值：400，并说明哪个参数。"""
+        unsupported = {
+            "n": self.n not in (None, 1),
+            "frequency_penalty": self.frequency_penalty not in (None, 0),
+            "presence_penalty": self.presence_penalty not in (None, 0),
+            "logit_bias": bool(self.logit_bias),
+            "logprobs": self.logprobs not in (None, False, 0),
+        }
+        for name, given in unsupported.items():
+            if given:
+                hint = "（可以用 repetition_penalty 抑制重复）" if name.endswith("_penalty") else ""
+                raise APIError(400, f"不支持参数 {name}{hint} / parameter {name} is not supported", name,
+                               "unsupported_parameter")
+
+
+class ChatCompletionRequest(SamplingRequest):
+    messages: list[ChatMessage] = Field(min_length=1)
+    tools: list | None = None
+
+    def reject_unsupported(self) -> None:
+        super().reject_unsupported()
+        if self.tools:
+            raise APIError(400, "不支持工具调用 / tools are not supported", "tools", "unsupported_parameter")
+
+
+class CompletionRequest(SamplingRequest):
+    prompt: str | list[str] | list[int]
+    echo: bool | None = False
+    suffix: str | None = None
+
+    def reject_unsupported(self) -> None:
+        super().reject_unsupported()
+        if self.echo:
+            raise APIError(400, "不支持 echo / echo is not supported", "echo", "unsupported_parameter")
+        if self.suffix:
+            raise APIError(400, "不支持 suffix / suffix is not supported", "suffix", "unsupported_parameter")
