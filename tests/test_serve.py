@@ -318,7 +318,8 @@ def test_sixteen_concurrent_streams_equal_greedy_one_at_a_time(server, reference
     replies = asyncio.run(all_at_once())
     concurrent_s = time.perf_counter() - started
     assert replies == expected
-    assert len(set(expected)) == 16 and min(map(len, expected)) > 10    # 每条都不同：串了就会被发现
+    # 每条都不同、且大多够长：请求之间串了就会被发现（随机模型偶尔一开口就生成 eos，允许少数很短）
+    assert len(set(expected)) == 16 and sum(len(reply) > 10 for reply in expected) >= 12
     assert server.engine.stats()["finished"] - finished_before == 16
 
     client = server.client()
