@@ -1,0 +1,495 @@
+"""`towergpt eval`：给一个检查点打分。
+
+两种评估：
+
+1. 语言模型（默认）：在任意文本上算损失（loss）、困惑度（perplexity）和每字符比特数（bpc）。
+
+       towergpt eval --ckpt runs/tiny --data data/pretrain          # prepare 写出的目录，默认验证集
+       towergpt eval --ckpt runs/tiny --data my_text.jsonl          # 原始语料：当场用检查点的分词器分词
+
+   三个数的关系（详见 docs/evaluate.md）：
+       loss       = 所有被预测的 token 的交叉熵之和 / token 数          （单位：nat / token）
+       perplexity = exp(loss)                                          “平均在几个候选里犹豫”
+       bpc        = 交叉熵之和 / ln2 / 原文字符数                        （单位：bit / 字符）
+   loss 是“每个 token”的，不同分词器切出的 token 长短不同，loss 没法直接比；
+   bpc 按“每个字符”算，同一段文字的字符数与分词器无关，所以换了词表的模型也能公平比较。
+
+2. 情感任务（`--task sentiment`）：quickstart 的对话任务，在留出的评论上报告准确率。
+
+文本怎么切成模型的输入？和预训练完全一样：每篇文档写成 [bos] + 文本 + [eos]，首尾相连成一条
+token 流，切成长 max_seq_len + 1 的窗口，相邻窗口共用一个 token。与训练时的验证不同，这里连
+最后那个不满长的窗口也算上：除了第一个 bos，流里每个 token 都恰好被预测一次，
+于是“交叉熵之和 / 原文字符数”是精确的 bpc。`--stride` 小于 max_seq_len 时窗口互相重叠（滑动窗口），
+每个 token 仍只计一次损失，但能看到更长的上文，评估更准、也更慢。
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+from dataclasses import dataclass, field as dataclass_field
+from pathlib import Path
+from typing import Iterable, Iterator
+
+from towergpt.errors import TowerGPTError, where
+
+IGNORE_INDEX = -100          # 与 model.IGNORE_INDEX 相同：这个位置不计损失
+SHARD_CHUNK_TOKENS = 1 << 20  # 从分片里一次读多少 token（memmap：只有这一段会进内存）
+
+
+# ---------------------------------------------------------------------------
+# 命令行
+# ---------------------------------------------------------------------------
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """`towergpt eval` 的参数。"""
+    parser.add_argument("--ckpt", required=True, help="运行目录或检查点目录 / run or checkpoint dir")
+    parser.add_argument("--data", nargs="+", default=None, metavar="DIR|FILE",
+                        help="`data prepare` 写出的目录，或 .txt .jsonl .json .parquet 文件（可多个）；"
+                             "--task sentiment 时是评论文件（默认内置语料的留出评论）")
+    parser.add_argument("--task", default="lm", choices=["lm", "sentiment"],
+                        help="lm：损失/困惑度/bpc（默认）；sentiment：quickstart 的情感任务")
+    parser.add_argument("--split", default=None, choices=["train", "val"],
+                        help="数据目录用哪个划分，默认 val / split of a prepared dir (default val)")
+    parser.add_argument("--field", default="text", help="JSON / Parquet 记录里的文本字段，默认 text")
+    parser.add_argument("--max-tokens", type=int, default=None, help="最多评估多少个 token / at most N tokens")
+    parser.add_argument("--stride", type=int, default=None,
+                        help="相邻窗口的起点间隔，默认 max_seq_len（不重叠）；更小 = 滑动窗口，更准更慢")
+    parser.add_argument("--batch-size", type=int, default=8, help="每批几个窗口 / windows per batch")
+    parser.add_argument("--device", default="auto", help="cpu / cuda / mps / auto")
+    parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16", "auto"],
+                        help="前向计算的精度，默认 float32（结果最可复现）")
+    parser.add_argument("--out", default=None, help="把 JSON 结果另存到这个文件 / also write the JSON here")
+
+
+def main(args: argparse.Namespace) -> None:
+    """命令行入口：评估，把 JSON 打印到标准输出（进度条在标准错误），--out 给出时另存一份。"""
+    from towergpt.checkpoint import load, resolve_checkpoint
+    from towergpt.device import pick_device
+
+    _check_args(args)
+    device = pick_device(args.device)
+    checkpoint = resolve_checkpoint(args.ckpt)
+    model, tokenizer = load(checkpoint, device)
+    if args.task == "sentiment":
+        result = evaluate_sentiment(model, tokenizer, args.data[0] if args.data else None)
+    else:
+        result = evaluate_language_model(model, tokenizer, args.data, split=args.split or "val",
+                                         field=args.field, max_tokens=args.max_tokens, stride=args.stride,
+                                         batch_size=args.batch_size, dtype=args.dtype)
+    result = {"checkpoint": str(checkpoint), **result}
+    text = json.dumps(result, ensure_ascii=False, indent=2)
+    print(text)
+    if args.out:
+        _write_text(Path(args.out), text + "\n")
+
+
+def _check_args(args: argparse.Namespace) -> None:
+    """在载入模型之前就把给错的参数报出来。"""
+    if args.task == "lm" and not args.data:
+        raise TowerGPTError("需要 --data：数据目录或语料文件 / --data is required (a prepared dir or text files)")
+    if args.task == "sentiment" and args.data and len(args.data) > 1:
+        raise TowerGPTError("--task sentiment 只接受一个评论文件 / takes a single reviews file")
+    for name in ("max_tokens", "batch_size", "stride"):
+        value = getattr(args, name)
+        if value is not None and value < 1:
+            flag = "--" + name.replace("_", "-")
+            raise TowerGPTError(f"{flag} 必须是正整数 / must be a positive integer, got {value}")
+    if args.split is not None and args.data and not Path(args.data[0]).is_dir():
+        raise TowerGPTError("--split 只用于 `data prepare` 写出的目录 / --split only applies to a prepared dir")
+
+
+def _write_text(path: Path, text: str) -> None:
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text, encoding="utf-8")
+    except OSError as err:
+        raise TowerGPTError(f"{path}: 无法写入 / cannot write: {err.strerror or err}") from None
+
+
+# ---------------------------------------------------------------------------
+# 语言模型评估：数据 -> token 流 -> 窗口 -> 批次 -> 交叉熵之和
+# ---------------------------------------------------------------------------
+
+@dataclass
+class _Source:
+    """一份待评估的数据：产出 (x, y) 批次的迭代器，以及换算 bpc 需要的字符信息。
+
+    counter.characters 是精确的原文字符数；数据只评估了一部分（--max-tokens）而字符数无从精确得知时，
+    它是 None，改用 chars_per_token（整个划分的平均值）估算。
+    """
+
+    batches: Iterator
+    kind: str                       # "text" / "pretrain" / "sft"
+    name: str                       # 数据是什么（写进结果）
+    total_tokens: int | None        # 进度条的总量（不知道时 None）
+    counter: "_Counter"
+    chars_per_token: float | None = None
+    extra: dict = dataclass_field(default_factory=dict)   # 写进结果的其他信息
+
+
+class _Counter:
+    """一个可变的计数器：数据在被读的同时累计字符数、文档数（生成器里改外面的数）。"""
+
+    def __init__(self, characters: int | None = 0):
+        self.characters = characters
+        self.documents = 0
+        self.empty_documents = 0
+
+
+def evaluate_language_model(model, tokenizer, data: str | Path | list, split: str = "val", field: str = "text",
+                            max_tokens: int | None = None, stride: int | None = None, batch_size: int = 8,
+                            dtype: str = "float32") -> dict:
+    """在 data 上评估 model 的 loss / perplexity / bpc，返回一个可以直接写成 JSON 的 dict。
+
+    参数:
+        data:       `data prepare` 写出的目录（pretrain 或 sft 格式），或一个/多个语料文件。
+        split:      数据目录用哪个划分（"train" / "val"）。
+        field:      JSON / Parquet 里文本所在的字段。
+        max_tokens: 最多计多少个 token 的损失（None = 全部）。
+        stride:     窗口起点的间隔，默认 model.config.max_seq_len。
+        batch_size: 每批几个窗口（sft 数据：几段对话）。
+        dtype:      前向精度："float32"、"bfloat16"、"float16" 或 "auto"。
+    """
+    from tqdm import tqdm
+
+    from towergpt.train import precision
+
+    seq_len = model.config.max_seq_len
+    stride = seq_len if stride is None else stride
+    if not 1 <= stride <= seq_len:
+        raise TowerGPTError(f"--stride 必须在 1..max_seq_len={seq_len} 之间 / must be within 1..{seq_len}")
+    paths = [Path(item) for item in ([data] if isinstance(data, (str, Path)) else data)]
+    source = _open_source(paths, tokenizer, split, field, max_tokens, seq_len, stride, batch_size)
+    device = model.embed.weight.device
+    compute_dtype = precision.pick_dtype(dtype, device)
+    with tqdm(total=source.total_tokens, unit="tok", unit_scale=True, desc="评估 / eval", dynamic_ncols=True,
+              disable=None) as progress:
+        nats, tokens = sum_token_losses(model, source.batches, compute_dtype, progress.update)
+    if tokens == 0:
+        raise TowerGPTError(f"{paths[0]}: 没有可评估的 token（数据是空的？）/ nothing to evaluate (empty data?)")
+    return _report(nats, tokens, source, split, seq_len, stride, max_tokens)
+
+
+def _report(nats: float, tokens: int, source: _Source, split: str, seq_len: int, stride: int,
+            max_tokens: int | None) -> dict:
+    """把“交叉熵之和、token 数、字符数”换算成 loss、perplexity、bpc。"""
+    counter = source.counter
+    characters = counter.characters
+    exact = characters is not None
+    if not exact:  # 只评估了一部分：按整个划分的平均“每 token 字符数”估算这部分有多少字
+        characters = round(tokens * source.chars_per_token) if source.chars_per_token else 0
+    loss = nats / tokens
+    result = {
+        "data": source.name,
+        "format": source.kind,
+        **({"split": split} if source.kind != "text" else {}),
+        "loss": round(loss, 6),
+        # exp(loss) 在 loss 超过约 709 时溢出；那样的模型也没什么可比的了，记成 null
+        "perplexity": round(math.exp(loss), 4) if loss < 700 else None,
+        # bpc = 总比特数 / 总字符数；1 nat = 1/ln2 bit
+        "bpc": round(nats / math.log(2) / characters, 6) if characters else None,
+        "tokens": tokens,
+        "characters": characters,
+        "characters_exact": exact,
+        "seq_len": seq_len,
+        "stride": stride,
+        "max_tokens_reached": max_tokens is not None and tokens >= max_tokens,
+        **source.extra,
+    }
+    if source.kind == "text":
+        result.update(documents=counter.documents, empty_documents=counter.empty_documents)
+    return result
+
+
+def _open_source(paths: list[Path], tokenizer, split: str, field: str, max_tokens: int | None,
+                 seq_len: int, stride: int, batch_size: int) -> _Source:
+    """按 --data 的种类（数据目录 / 语料文件）准备批次流。"""
+    if paths[0].is_dir():
+        if len(paths) > 1:
+            raise TowerGPTError("--data 给了数据目录时只能给一个 / a prepared dir must be the only --data")
+        from towergpt.data.prepare import load_meta
+
+        meta = load_meta(paths[0])
+        _check_same_tokenizer(paths[0], meta, tokenizer)
+        if meta.get("kind") == "sft":
+            return _sft_source(paths[0], meta, split, max_tokens, seq_len, batch_size)
+        if meta.get("kind") != "pretrain":
+            raise TowerGPTError(f"{paths[0]}: 不支持评估 {meta.get('kind')!r} 数据，只支持 pretrain 和 sft"
+                                f" / cannot evaluate {meta.get('kind')!r} data: only pretrain and sft")
+        return _pretrain_source(paths[0], meta, split, max_tokens, seq_len, stride, batch_size, tokenizer.pad_id)
+    return _text_source(paths, tokenizer, field, max_tokens, seq_len, stride, batch_size)
+
+
+def _check_same_tokenizer(data_dir: Path, meta: dict, tokenizer) -> None:
+    """数据里的 token id 只有在“同一个分词器”下才有意义：指纹（sha256）不同就拒绝。"""
+    fingerprint = meta.get("tokenizer_fingerprint")
+    if fingerprint != tokenizer.fingerprint:
+        raise TowerGPTError(
+            f"{data_dir} 是用另一个分词器准备的（指纹 {str(fingerprint)[:12]}…），检查点的分词器指纹是 "
+            f"{tokenizer.fingerprint[:12]}…：同一个 id 在两边代表不同的字，评估没有意义。请直接评估原始语料文件"
+            f"（会用检查点的分词器重新分词），或用检查点的分词器重新 prepare"
+            f" / the data was prepared with a different tokenizer than the checkpoint's: evaluate the raw"
+            f" text files instead, or prepare the data again with the checkpoint's tokenizer"
+        )
+
+
+def _pretrain_source(data_dir: Path, meta: dict, split: str, max_tokens: int | None, seq_len: int,
+                     stride: int, batch_size: int, pad_id: int) -> _Source:
+    """prepare 写出的预训练数据：把这个划分的所有分片首尾相连，当作一条 token 流。"""
+    from towergpt.data.pretrain_dataset import PackedPretrainData
+
+    stats = meta[split]
+    if not stats["tokens"]:
+        raise TowerGPTError(f"{data_dir} 的 {split} 划分是空的（prepare 时 --val-fraction {meta['val_fraction']}），"
+                            f"可以用 --split train / the {split} split is empty: try --split train")
+    # PackedPretrainData 负责打开分片、核对文件大小；这里只借用它的 memmap，窗口自己切（见模块说明）
+    shards = PackedPretrainData(data_dir, split, seq_len).shards
+    stream_tokens = int(stats["tokens"])
+    if max_tokens is not None:
+        stream_tokens = min(stream_tokens, max_tokens + 1)   # n 个 token 的流里有 n - 1 个被预测
+    complete = stream_tokens == int(stats["tokens"])
+    pieces = _limit(_shard_pieces(shards), stream_tokens)
+    return _Source(
+        batches=_batches(iter_windows(pieces, seq_len, stride), batch_size, pad_id),
+        kind="pretrain", name=str(data_dir), total_tokens=stream_tokens - 1,
+        # 整个划分都评估了：meta 里的字符数就是精确值（bos / eos 不对应任何字符）
+        counter=_Counter(int(stats["characters"]) if complete else None),
+        chars_per_token=stats["characters"] / stats["tokens"],
+    )
+
+
+def _shard_pieces(shards) -> Iterator:
+    for shard in shards:
+        for start in range(0, len(shard), SHARD_CHUNK_TOKENS):
+            yield shard[start:start + SHARD_CHUNK_TOKENS]
+
+
+def _limit(pieces: Iterable, max_stream_tokens: int) -> Iterator:
+    """只取 token 流的前 max_stream_tokens 个。"""
+    remaining = max_stream_tokens
+    for piece in pieces:
+        if remaining <= 0:
+            return
+        piece = piece[:remaining]
+        remaining -= len(piece)
+        yield piece
+
+
+def _sft_source(data_dir: Path, meta: dict, split: str, max_tokens: int | None, seq_len: int,
+                batch_size: int) -> _Source:
+    """对话数据：每段对话一行（与 SFT 训练的验证相同），只在助手说的话上算损失。"""
+    from towergpt.data.sft_dataset import SFTData
+
+    data = SFTData(data_dir, split, seq_len)
+    stats = meta[split]
+    total = int(stats["assistant_tokens"])
+    batches = data.iter_eval_batches(batch_size)
+    if max_tokens is not None and max_tokens < total:
+        batches = _stop_after(batches, max_tokens)
+        counter = _Counter(None)
+    else:
+        counter = _Counter(int(stats["assistant_characters"]))
+    return _Source(batches=batches, kind="sft", name=str(data_dir), total_tokens=min(total, max_tokens or total),
+                   counter=counter, chars_per_token=data.characters_per_token,
+                   extra={"conversations": data.num_conversations})
+
+
+def _stop_after(batches: Iterable, max_tokens: int) -> Iterator:
+    """对话不能从中间切开：按整批截断，累计的目标 token 达到 max_tokens 就停。"""
+    counted = 0
+    for inputs, targets in batches:
+        yield inputs, targets
+        counted += int((targets != IGNORE_INDEX).sum())
+        if counted >= max_tokens:
+            return
+
+
+def _text_source(paths: list[Path], tokenizer, field: str, max_tokens: int | None, seq_len: int,
+                 stride: int, batch_size: int) -> _Source:
+    """原始语料文件：用检查点的分词器当场分词，与 `data prepare` 一样写成 [bos] + 文本 + [eos]。"""
+    from towergpt.data.readers import check_input
+
+    for path in paths:  # 先检查所有文件，免得评估到一半才发现最后一个文件名打错了
+        check_input(path)
+    counter = _Counter()
+    limit = None if max_tokens is None else max_tokens + 1
+    pieces = _document_tokens(paths, tokenizer, field, limit, counter)
+    return _Source(batches=_batches(iter_windows(pieces, seq_len, stride), batch_size, tokenizer.pad_id),
+                   kind="text", name=", ".join(str(path) for path in paths), total_tokens=max_tokens,
+                   counter=counter)
+
+
+def _document_tokens(paths: list[Path], tokenizer, field: str, limit: int | None, counter: _Counter) -> Iterator:
+    """逐篇产出 [bos] + ids + [eos]，同时精确地数原文字符（与 prepare 相同：len(文本)，空白文档跳过）。
+
+    limit 给出时 token 流在第 limit 个 token 处截断。被截断的那篇只算保留下来的部分：
+    把保留的 id 解码回文字再数字符（字节回退的字偶尔被切成两半，误差至多一两个字）。
+    """
+    import numpy as np
+
+    from towergpt.data.readers import iter_texts
+
+    produced = 0
+    for path in paths:
+        for _, text in iter_texts(path, field=field):
+            if not text or text.isspace():
+                counter.empty_documents += 1
+                continue
+            ids = [tokenizer.bos_id, *tokenizer.encode(text), tokenizer.eos_id]
+            if limit is not None and produced + len(ids) >= limit:
+                kept = ids[:limit - produced]
+                counter.characters += len(tokenizer.decode(kept[1:])) if len(kept) < len(ids) else len(text)
+                counter.documents += 1
+                yield np.array(kept, dtype=np.int64)
+                return
+            counter.characters += len(text)
+            counter.documents += 1
+            produced += len(ids)
+            yield np.array(ids, dtype=np.int64)
+
+
+def iter_windows(pieces: Iterable, seq_len: int, stride: int) -> Iterator[tuple]:
+    """把一条 token 流（分成若干段依次给出）切成评估窗口，产出 (窗口, 从第几个目标开始计损失)。
+
+    窗口 = 流里 [s, s + seq_len] 这 seq_len + 1 个 token（最后一个窗口可能更短），
+    输入 x = 窗口[:-1]，目标 y = 窗口[1:]。起点 s = 0, stride, 2·stride, ...
+
+        stride = seq_len：相邻窗口共用一个 token，每个目标恰好出现在一个窗口里（和训练的打包一样）；
+        stride < seq_len：窗口重叠。重叠部分的目标前一个窗口已经算过，这个窗口只算新的那些——
+                          它们现在能看到更长的上文（至少 seq_len - stride 个 token），预测更准。
+
+    除了流里的第一个 token（没有上文，无从预测），每个 token 恰好计一次损失。
+    只在内存里保留当前窗口附近的一小段流：100 GB 的语料也不会撑爆内存。
+    """
+    import numpy as np
+
+    buffer = np.empty(0, dtype=np.int64)
+    base = 0            # buffer[0] 在流里的位置
+    start = 0           # 下一个窗口的起点（流里的位置）
+    scored_until = 1    # 流里 [1, scored_until) 的目标已经计过损失
+    for piece in pieces:
+        buffer = np.concatenate([buffer, np.asarray(piece, dtype=np.int64)])
+        while base + len(buffer) >= start + seq_len + 1:   # 攒够一个完整窗口
+            window = buffer[start - base:start - base + seq_len + 1]
+            yield window, scored_until - start - 1
+            scored_until = start + seq_len + 1
+            start += stride
+            buffer, base = buffer[start - base:], start     # 丢掉再也用不到的部分
+    end = base + len(buffer)
+    while scored_until < end:                                # 流的尾巴：不满长的窗口
+        window = buffer[start - base:]
+        yield window, scored_until - start - 1
+        scored_until = end
+        start += stride
+
+
+def _batches(windows: Iterable[tuple], batch_size: int, pad_id: int) -> Iterator[tuple]:
+    """把窗口凑成批次 (x, y)，形状 (B, T)。短窗口在右边补齐：x 补 pad_id，y 补 IGNORE_INDEX。
+
+    右补齐不影响真 token 的结果：模型是因果的，真 token 只能看见左边（同一窗口里的真 token）。
+    已经计过损失的目标（滑动窗口的重叠部分）在 y 里也写成 IGNORE_INDEX。
+    """
+    import torch
+
+    group: list[tuple] = []
+    for item in windows:
+        group.append(item)
+        if len(group) == batch_size:
+            yield _collate(group, pad_id, torch)
+            group = []
+    if group:
+        yield _collate(group, pad_id, torch)
+
+
+def _collate(group: list[tuple], pad_id: int, torch) -> tuple:
+    width = max(len(window) for window, _ in group) - 1
+    inputs = torch.full((len(group), width), pad_id, dtype=torch.long)          # (B, T)
+    targets = torch.full((len(group), width), IGNORE_INDEX, dtype=torch.long)   # (B, T)
+    for row, (window, first_scored) in enumerate(group):
+        window = torch.from_numpy(window)
+        inputs[row, :len(window) - 1] = window[:-1]
+        targets[row, first_scored:len(window) - 1] = window[1 + first_scored:]
+    return inputs, targets
+
+
+def sum_token_losses(model, batches: Iterable[tuple], dtype, on_tokens=lambda n: None) -> tuple[float, int]:
+    """逐批前向，返回 (交叉熵之和（nat），计损失的 token 数)。on_tokens(n) 用来推进进度条。
+
+    用“之和”而不是每批的平均：批与批的有效 token 数不同（最后一批、sft 的掩码），
+    先求和、最后再除以总数，才是真正的“每个 token 的平均损失”。
+    """
+    import torch
+    import torch.nn.functional as F
+
+    from towergpt.train import precision
+
+    device = model.embed.weight.device
+    total_nats, total_tokens = 0.0, 0
+    model.eval()
+    with torch.no_grad():
+        for inputs, targets in batches:
+            inputs, targets = inputs.to(device), targets.to(device)
+            with precision.autocast(device, dtype):
+                logits = model(inputs)                                                # (B, T, V)
+            nats = F.cross_entropy(logits.float().reshape(-1, logits.size(-1)), targets.reshape(-1),
+                                   ignore_index=IGNORE_INDEX, reduction="sum")
+            counted = int((targets != IGNORE_INDEX).sum())
+            total_nats += nats.item()
+            total_tokens += counted
+            on_tokens(counted)
+    return total_nats, total_tokens
+
+
+# ---------------------------------------------------------------------------
+# 情感任务：quickstart 第 7 步的成绩单
+# ---------------------------------------------------------------------------
+
+def evaluate_sentiment(model, tokenizer, reviews_path: str | Path | None = None) -> dict:
+    """对留出的评论逐条用对话问“正面还是负面”，报告准确率、多数类基线、答不上来的条数和几条示例。
+
+    reviews_path 是每行 {"review": ..., "label": ...} 的 JSONL（quickstart 写出的
+    sentiment_heldout.jsonl 就是）；None 时用内置语料的留出评论（与 quickstart 完全相同的 1000 条）。
+    这个任务要在 SFT 之后的检查点上才有意义：只预训练过的模型不会按对话格式作答。
+    """
+    import tempfile
+
+    from towergpt import sentiment_task
+
+    if reviews_path is not None:
+        _check_reviews_file(Path(reviews_path))
+        result = sentiment_task.evaluate(model, tokenizer, reviews_path)
+        return {"task": "sentiment", "data": str(reviews_path), **result}
+    from towergpt.data.demo_corpus import split_reviews
+
+    _, heldout = split_reviews()
+    with tempfile.TemporaryDirectory() as directory:
+        path = Path(directory) / "sentiment_heldout.jsonl"
+        path.write_text("".join(json.dumps({"review": text, "label": label}, ensure_ascii=False) + "\n"
+                                for text, label in heldout), encoding="utf-8")
+        result = sentiment_task.evaluate(model, tokenizer, path)
+    return {"task": "sentiment", "data": "内置语料的留出评论 / built-in held-out reviews", **result}
+
+
+def _check_reviews_file(path: Path) -> None:
+    """评论文件的每一行都必须是 {"review": 文本, "label": 文本}；不对就指出哪一行哪个字段。"""
+    if not path.is_file():
+        raise TowerGPTError(f"找不到评论文件 / reviews file not found: {path}")
+    count = 0
+    with open(path, encoding="utf-8", errors="replace") as handle:
+        for number, line in enumerate(handle, start=1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as err:
+                raise TowerGPTError(f"{where(path, number)}: 不是合法的 JSON / invalid JSON: {err.msg}") from None
+            for field in ("review", "label"):
+                if not isinstance(row, dict) or not isinstance(row.get(field), str):
+                    raise TowerGPTError(f"{where(path, number, field)}: 每行应是 {{\"review\": 文本, \"label\": 文本}}"
+                                        f" / each line must be {{\"review\": str, \"label\": str}}")
+            count += 1
+    if count == 0:
+        raise TowerGPTError(f"{path}: 文件里没有评论 / no reviews in the file")
+
