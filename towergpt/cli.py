@@ -40,11 +40,11 @@ def _cmd_data_prepare(args: argparse.Namespace) -> None:
     if args.format != "pretrain" and args.field is not None:
         raise TowerGPTError("--field 只用于 --format pretrain（对话记录的字段由格式决定）"
                             " / --field only applies to --format pretrain")
-    if args.format != "sft" and args.max_seq_len is not None:
-        raise TowerGPTError("--max-seq-len 只用于 --format sft / --max-seq-len only applies to --format sft")
+    if args.format == "pretrain" and args.max_seq_len is not None:
+        raise TowerGPTError("--max-seq-len 只用于 --format sft / dpo / --max-seq-len only applies to --format sft or dpo")
     if args.format == "pretrain":
         common["field"] = "text" if args.field is None else args.field
-    elif args.format == "sft":
+    else:  # sft / dpo：一条记录一条（一对）序列，需要知道训练时的序列长度
         common["max_seq_len"] = 1024 if args.max_seq_len is None else args.max_seq_len
     prepare(args.format, **common)
 
@@ -188,11 +188,11 @@ def build_parser() -> argparse.ArgumentParser:
     prep.add_argument("--tokenizer", required=True, help="分词器目录 / tokenizer directory")
     prep.add_argument("--out", required=True, help="输出目录 / output directory")
     prep.add_argument("--format", default="pretrain", choices=["pretrain", "sft", "dpo"],
-                      help="数据种类：pretrain（长文本）、sft（对话）；dpo 尚未实现 / kind of data")
+                      help="数据种类：pretrain（长文本）、sft（对话）、dpo（偏好对 prompt/chosen/rejected）/ kind of data")
     prep.add_argument("--field", default=None, help="pretrain：JSON / Parquet 记录里文本字段名，默认 text")
     prep.add_argument("--max-seq-len", type=int, default=None,
-                      help="sft：训练的序列长度，默认 1024；每段对话至多 max_seq_len+1 个 token，"
-                           "更长的整轮丢弃最早的对话 / sft: training sequence length")
+                      help="sft / dpo：训练的序列长度，默认 1024；每段对话（每条提示+回答）至多 max_seq_len+1 个 token，"
+                           "更长的整轮丢弃最早的对话（dpo 再截短回答）/ sft, dpo: training sequence length")
     prep.add_argument("--workers", type=int, default=None, help="分词进程数，默认 CPU 核数；1 = 不开进程池")
     prep.add_argument("--val-fraction", type=float, default=0.01, help="划入验证集的文档（对话）比例，默认 0.01")
     prep.add_argument("--skip-bad", action="store_true", help="跳过坏记录并记到 skipped.txt / skip bad records")

@@ -1,11 +1,12 @@
 """训练配置：YAML 文件 + 命令行 `--set section.key=value` 覆盖，读成带类型的 dataclass。
 
-一个配置文件有四节（外加 SFT/DPO 用的 init_from）：
+一个配置文件有四节（外加 SFT/DPO 用的 init_from，以及只有 DPO 才读的 dpo 节）：
 
     model:  模型结构（见 model.GPTConfig）
     data:   数据目录（`towergpt data prepare` 的输出）
     train:  训练循环：步数、批大小、评估/保存频率、设备、精度……
     optim:  优化器与学习率曲线
+    dpo:    偏好微调的 β、标签平滑、SFT 项权重（见 docs/dpo.md）
 
 每个键都有默认值和说明（见下方各 dataclass 的注释，以及 docs/training.md）。
 写错键名、类型不对、数值越界，都会得到一条指明“哪个文件第几行哪个键”的错误。
@@ -78,18 +79,26 @@ class OptimConfig:
 
 
 @dataclass
+class DPOConfig:
+    beta: float = 0.1              # β：隐式奖励 = β·(策略 − 参考模型的对数概率)；越大越不许偏离参考模型
+    label_smoothing: float = 0.0   # 保守 DPO：假定每对标注有这么大的概率是反的（0 ≤ 值 < 0.5；0 = 标准 DPO）
+    sft_weight: float = 0.0        # 另加在 chosen 回答上的 SFT 损失（每 token 的负对数似然）的权重（0 = 不加）
+
+
+@dataclass
 class RunConfig:
     model: GPTConfig = field(default_factory=GPTConfig)
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
+    dpo: DPOConfig = field(default_factory=DPOConfig)
     init_from: str = ""            # SFT / DPO：从哪个检查点（或运行目录）开始
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
 
-SECTIONS = {"model": GPTConfig, "data": DataConfig, "train": TrainConfig, "optim": OptimConfig}
+SECTIONS = {"model": GPTConfig, "data": DataConfig, "train": TrainConfig, "optim": OptimConfig, "dpo": DPOConfig}
 
 
 def resolve_config_path(name: str) -> Path:
@@ -139,7 +148,7 @@ def build_config(raw: dict, source: str = "<config>", lines: dict | None = None)
     if unknown:
         key = sorted(unknown)[0]
         raise TowerGPTError(f"{where(key)}: 未知的配置节 / unknown section（可用 / known: model, data, train, "
-                            f"optim, init_from）")
+                            f"optim, dpo, init_from）")
     sections = {}
     for name, cls in SECTIONS.items():
         values = raw.get(name) or {}
@@ -207,6 +216,18 @@ def _check_ranges(config: RunConfig, where) -> None:
         raise TowerGPTError(f"{where('train.distributed')}: 只能是 ddp 或 fsdp / must be ddp or fsdp")
     if config.train.keep_last < 1:
         raise TowerGPTError(f"{where('train.keep_last')}: 必须 ≥ 1 / must be at least 1")
+    _check_dpo(config.dpo, where)
+
+
+def _check_dpo(dpo: DPOConfig, where) -> None:
+    """DPO 的三个超参数：β 为正；标签平滑在 [0, 0.5)（0.5 意味着“标注完全随机”，什么也学不到）；SFT 权重非负。"""
+    if not 0.0 < dpo.beta < float("inf"):
+        raise TowerGPTError(f"{where('dpo.beta')}: 必须 > 0（常用 0.1）/ must be positive (0.1 is typical)")
+    if not 0.0 <= dpo.label_smoothing < 0.5:
+        raise TowerGPTError(f"{where('dpo.label_smoothing')}: 需要 0 ≤ 值 < 0.5（0 = 标准 DPO）"
+                            f" / must satisfy 0 <= value < 0.5 (0 = standard DPO)")
+    if not 0.0 <= dpo.sft_weight < float("inf"):
+        raise TowerGPTError(f"{where('dpo.sft_weight')}: 必须 ≥ 0（0 = 不加 SFT 项）/ must be >= 0 (0 = no SFT term)")
 
 
 def _apply_override(raw: dict, override: str) -> None:

@@ -299,3 +299,67 @@ def _describe_keys(record: dict, limit: int = 10) -> str:
         return "（无 / none）"
     more = f" ...（共 {len(record)} 个 / {len(record)} in all）" if len(record) > limit else ""
     return ", ".join(names) + more
+
+
+# ---------------------------------------------------------------------------
+# 偏好数据（DPO）：{"prompt", "chosen", "rejected"}
+# ---------------------------------------------------------------------------
+
+PREFERENCE_KEYS = ("prompt", "chosen", "rejected")
+
+# 占位的助手回答：借用上面的对话检查（它要求以 assistant 结尾）来检查“以 user 结尾的提示”
+_PLACEHOLDER_ANSWER = ("assistant", "placeholder", "chosen")
+
+
+def parse_preference(record: dict, location: str) -> tuple[list[dict], str, str]:
+    """一条偏好记录 -> (提示的消息列表, chosen 回答, rejected 回答)。
+
+    prompt 可以是一个字符串（= 一条 user 消息），也可以是消息数组（system / user / assistant 轮流，
+    角色与正文的写法同对话数据），但必须以 user 结尾：接下来轮到助手说话，chosen 和 rejected
+    就是同一个位置上的两种回答，一个更好、一个更差。顶层 "system" 同对话数据。
+    chosen / rejected 是非空字符串，而且不能相同（相同的一对没有“偏好”可学，梯度恒为 0）。
+    不合格时抛 DialogueError，字段写成 prompt[2].content、chosen 这样。
+    """
+    if not isinstance(record, dict):
+        raise DialogueError(location, f"这条记录是 {_type_name(record)}，需要一个 JSON 对象"
+                                      f" / record is {_type_name(record)}, expected an object")
+    missing = [key for key in PREFERENCE_KEYS if record.get(key) is None]
+    if missing:
+        hint = ""
+        if any(record.get(key) is not None for keys in _REQUIRED_KEYS.values() for key in keys if key != "prompt"):
+            hint = "；这像是对话数据，请用 --format sft / this looks like dialogue data: use --format sft"
+        raise DialogueError(location, f"偏好记录缺少字段 {', '.join(missing)}（需要 prompt、chosen、rejected；"
+                                      f"这条记录的字段：{_describe_keys(record)}）/ preference record lacks "
+                                      f"{', '.join(missing)}{hint}", missing[0])
+    messages = _prompt_entries(record, location)
+    answers = []
+    for key in ("chosen", "rejected"):
+        answer = _string(record, key, location)
+        if not answer.strip():
+            raise DialogueError(location, "回答是空的 / the answer is empty", key)
+        _check_encodable(answer, location, key)
+        answers.append(answer)
+    if answers[0] == answers[1]:
+        raise DialogueError(location, "chosen 与 rejected 完全相同，这一对没有偏好可学"
+                                      " / chosen and rejected are identical: nothing to prefer", "rejected")
+    return [{"role": role, "content": content} for role, content, _ in messages], answers[0], answers[1]
+
+
+def _prompt_entries(record: dict, location: str) -> list[tuple[str, str, str]]:
+    """prompt（字符串或消息数组）+ 顶层 system -> (角色, 正文, 字段名) 的列表，检查它以 user 结尾。"""
+    prompt = record["prompt"]
+    if isinstance(prompt, str):
+        entries = [("user", prompt, "prompt")]
+    elif isinstance(prompt, list):
+        entries = _list_entries(record, "prompt", location)
+    else:
+        raise DialogueError(location, f"值是 {_type_name(prompt)}，需要字符串或消息数组"
+                                      f" / value is {_type_name(prompt)}, expected a string or an array of messages",
+                            "prompt")
+    entries = _add_top_level_system(record, entries, location)
+    if not entries or entries[-1][0] != "user":
+        field = entries[-1][2] if entries else "prompt"
+        raise DialogueError(location, "prompt 必须以 user 消息结尾：接下来轮到助手，chosen / rejected 才是它的回答"
+                                      " / the prompt must end with a user message", field)
+    _check_conversation(entries + [_PLACEHOLDER_ANSWER], location)
+    return entries

@@ -6,7 +6,7 @@
     所以我们“一次分词，永久复用”：把所有 token id 按顺序写进二进制文件，
     训练时用 np.memmap 直接映射进内存，取一段 token 几乎不花时间。
 
-两种数据，两个入口，共用同一套机器（读 -> 分批 -> 多进程分词 -> 划分 train/val -> 写文件）：
+三种数据，三个入口，共用同一套机器（读 -> 分批 -> 多进程分词 -> 划分 train/val -> 写文件）：
 
 预训练数据（`prepare_pretrain`，`--format pretrain`）：
 
@@ -37,6 +37,15 @@
     从中间切开，模型会看到“没有问题的回答”或“没有回答的问题”。所以每段对话单独成行，
     太长的对话按整轮丢掉最早的几轮（见 chat_template.fit_to_context），绝不在一条消息中间截断。
     分片只在对话之间切开，一段对话永远不会跨两个分片。
+
+偏好数据（`prepare_dpo`，`--format dpo`）：
+
+    与对话数据的文件完全相同，只是“一段”换成了“一对”：第 i 对占 token[index[i]:index[i+1]]，
+    前面是 chosen 序列（提示 + 好的回答），紧接着是 rejected 序列（同一个提示 + 差的回答）；
+    另有一个文件记下每对里 chosen 序列有多长，训练时据此把一对切回两条：
+      train_chosen_len.bin      int64，每对一个数
+    掩码只在两种回答（含各自的 <|im_end|>）上是 1，见 data/preference.py。
+    训练 / 验证按“对”划分，一对的两条永远在同一边。
 
 几个设计要点（后面的代码里都有详细注释）：
     1. 多进程并行分词，但输出与进程数无关（按顺序收集结果）：workers=1 和 workers=8
@@ -83,7 +92,7 @@ TOKENIZER_SUBDIR = "tokenizer"
 # 而不是把新格式的文件当旧格式读，得到一堆乱码 token。
 FORMAT_VERSION = 1
 
-# 支持的数据种类；dpo 由后续的工作加入。
+# 支持的数据种类
 FORMATS = ("pretrain", "sft", "dpo")
 
 # 对话数据里损失掩码和索引的存储类型（固定小端序）
@@ -108,16 +117,13 @@ _MASK_64 = (1 << 64) - 1
 # ---------------------------------------------------------------------------
 
 def prepare(format: str = "pretrain", **kwargs) -> dict:
-    """按数据种类分派：`--format pretrain` 调 `prepare_pretrain`，`sft` 调 `prepare_sft`；dpo 暂未实现。"""
+    """按数据种类分派：`--format pretrain` 调 `prepare_pretrain`，`sft` 调 `prepare_sft`，`dpo` 调 `prepare_dpo`。"""
     if format == "pretrain":
         return prepare_pretrain(**kwargs)
     if format == "sft":
         return prepare_sft(**kwargs)
-    if format in FORMATS:
-        raise TowerGPTError(
-            f"--format {format} 暂不支持，目前只实现了 pretrain 和 sft"
-            f" / --format {format} is not yet supported; only pretrain and sft are implemented for now"
-        )
+    if format == "dpo":
+        return prepare_dpo(**kwargs)
     raise TowerGPTError(
         f"未知的 --format {format!r}，可选 {', '.join(FORMATS)} / unknown format, choose one of {', '.join(FORMATS)}"
     )
@@ -206,20 +212,57 @@ def prepare_sft(
 
     用户能改正的问题都抛 TowerGPTError，此时不会留下 out_dir，也不会留下临时目录。
     """
+    job = _start_record_job(inputs, tokenizer_dir, out_dir, max_seq_len, workers, val_fraction, shard_tokens,
+                            overwrite)
+
+    def write(directory: Path) -> dict:
+        return _write_sft(job, directory, max_seq_len, val_fraction, skip_bad, shard_tokens, seed, verbose)
+
+    return _run_job(job, write, verbose)
+
+
+def prepare_dpo(
+    inputs: Sequence[str | os.PathLike],
+    tokenizer_dir: str | os.PathLike,
+    out_dir: str | os.PathLike,
+    max_seq_len: int = 1024,
+    workers: int | None = None,
+    val_fraction: float = 0.01,
+    skip_bad: bool = False,
+    seed: int = 0,
+    overwrite: bool = False,
+    verbose: bool = True,
+    shard_tokens: int = 100_000_000,
+) -> dict:
+    """把偏好数据 {"prompt", "chosen", "rejected"} 渲染成成对的序列和损失掩码，写成分片，返回摘要 dict。
+
+    参数同 prepare_sft。prompt 是字符串或以 user 结尾的消息数组（见 dialogue.parse_preference），
+    chosen / rejected 是字符串。每条序列（提示 + 一个回答）至多 max_seq_len + 1 个 token；
+    太长的一对先整轮丢掉提示里最早的对话，再截短回答，仍放不下的整对跳过（见 data/preference.py），
+    各自计数写进 meta.json。验证集按“对”划分。
+    """
+    job = _start_record_job(inputs, tokenizer_dir, out_dir, max_seq_len, workers, val_fraction, shard_tokens,
+                            overwrite)
+
+    def write(directory: Path) -> dict:
+        return _write_dpo(job, directory, max_seq_len, val_fraction, skip_bad, shard_tokens, seed, verbose)
+
+    return _run_job(job, write, verbose)
+
+
+def _start_record_job(inputs, tokenizer_dir, out_dir, max_seq_len, workers, val_fraction, shard_tokens,
+                      overwrite) -> "_Job":
+    """对话和偏好数据共用的开头：检查 --max-seq-len，拒绝纯文本输入，再做 _start_job 的检查。"""
     if isinstance(max_seq_len, bool) or not isinstance(max_seq_len, int) or max_seq_len < 1:
         raise TowerGPTError(f"--max-seq-len 必须是正整数 / must be a positive integer, got {max_seq_len}")
     job = _start_job(inputs, tokenizer_dir, out_dir, workers, val_fraction, shard_tokens, overwrite)
     for path in job.paths:
         if path.suffix.lower() == ".txt":  # 读到这个文件之前就说清楚，免得白白处理前面的文件
             raise TowerGPTError(
-                f"{path}: 对话数据必须是 JSON / JSONL / Parquet（每条记录一段对话），纯文本分不出谁说了什么"
-                f" / dialogue data must be JSON/JSONL/Parquet (one conversation per record), not plain text"
+                f"{path}: 对话 / 偏好数据必须是 JSON / JSONL / Parquet（每条记录一段对话或一对回答），纯文本分不出谁说了什么"
+                f" / dialogue and preference data must be JSON/JSONL/Parquet (one record each), not plain text"
             )
-
-    def write(directory: Path) -> dict:
-        return _write_sft(job, directory, max_seq_len, val_fraction, skip_bad, shard_tokens, seed, verbose)
-
-    return _run_job(job, write, verbose)
+    return job
 
 
 def load_meta(data_dir: str | os.PathLike, kind: str | None = None) -> dict:
@@ -258,7 +301,8 @@ def load_meta(data_dir: str | os.PathLike, kind: str | None = None) -> dict:
 
 def format_summary(summary: dict) -> str:
     """把摘要排成几行给人看的中英文（预训练数据和对话数据各有各的数字）。"""
-    lines = _sft_summary_lines(summary) if summary.get("kind") == "sft" else _pretrain_summary_lines(summary)
+    describe = {"sft": _sft_summary_lines, "dpo": _dpo_summary_lines}.get(summary.get("kind"), _pretrain_summary_lines)
+    lines = describe(summary)
     if summary["skipped_records"]:
         lines.append(f"  跳过的坏记录 / skipped bad records: {summary['skipped_records']:,}"
                      f"（清单见 / listed in {Path(summary['out_dir']) / SKIPPED_FILE}）")
@@ -312,8 +356,33 @@ def _sft_summary_lines(summary: dict) -> list[str]:
     return lines
 
 
+def _dpo_summary_lines(summary: dict) -> list[str]:
+    train, val = summary["train"], summary["val"]
+    pairs = train["pairs"] + val["pairs"]
+    tokens = train["tokens"] + val["tokens"]
+    answer = train["assistant_tokens"] + val["assistant_tokens"]
+    share = answer / tokens if tokens else 0.0
+    lines = [
+        f"偏好数据已写好 / preference data written: {summary['out_dir']}",
+        f"  偏好对 / pairs:     {pairs:,}（训练 train {train['pairs']:,} / 验证 val {val['pairs']:,}）",
+        f"  token:              {tokens:,}（两条序列合计），其中算对数概率的回答 token / answer tokens {answer:,}"
+        f"（{share:.1%}）",
+        f"  每条至多 / at most: max_seq_len + 1 = {summary['max_seq_len'] + 1} 个 token",
+    ]
+    if summary["truncated_pairs"]:
+        lines.append(f"  截断提示 / prompt cut: {summary['truncated_pairs']:,} 对丢掉了提示里最早的"
+                     f" {summary['dropped_messages']:,} 条消息 / pairs lost their oldest prompt messages")
+    if summary["truncated_answers"]:
+        lines.append(f"  截短回答 / answers cut: {summary['truncated_answers']:,} 对的回答从末尾截短"
+                     f" / pairs had their answers shortened")
+    if summary["too_long_pairs"]:
+        lines.append(f"  太长而跳过 / too long, skipped: {summary['too_long_pairs']:,}（清单见 / listed in "
+                     f"{Path(summary['out_dir']) / SKIPPED_FILE}；可调大 --max-seq-len）")
+    return lines
+
+
 # ---------------------------------------------------------------------------
-# 两种数据共用的外壳：检查参数 -> 写临时目录 -> 改名 -> 摘要
+# 三种数据共用的外壳：检查参数 -> 写临时目录 -> 改名 -> 摘要
 # ---------------------------------------------------------------------------
 
 @dataclass
@@ -565,58 +634,110 @@ def _write_sft(job: _Job, directory: Path, max_seq_len: int, val_fraction: float
     """
     dtype = token_dtype(job.tokenizer.vocab_size)
     formats: Counter = Counter()
-    counts: Counter = Counter()
-    splitter = _SplitWriter(lambda split: _ConversationWriter(directory, split, dtype, shard_tokens),
-                            val_fraction, seed)
-
-    with contextlib.closing(_SkippedLog(directory / SKIPPED_FILE)) as skipped:
-        def on_result(encoded: _Encoded) -> None:
-            counts.update(encoded.counts)
-            for location, reason in encoded.skipped:
-                skipped.add(location, reason)
-
-        read_items = _DialogueReader(skip_bad, formats)
-        _run_pipeline(job, read_items, _ChatEncoder, (dtype, max_seq_len + 1), splitter, on_result, verbose)
-
+    splitter, counts, skipped = _write_records(
+        job, _DialogueReader(skip_bad, formats), _ChatEncoder, (dtype, max_seq_len + 1),
+        lambda split: _ConversationWriter(directory, split, dtype, shard_tokens), directory, val_fraction, seed,
+        verbose)
     too_long = counts["too_long_conversations"]
-    if splitter.kept == 0:
-        names = ", ".join(str(path) for path in job.paths)
-        message = f"没有任何可用的对话：{names} / no usable conversations"
-        if too_long:
-            message += (f"；{too_long} 段对话连最后一轮都超过 max_seq_len + 1 = {max_seq_len + 1} 个 token，"
-                        f"请调大 --max-seq-len / {too_long} too long for --max-seq-len {max_seq_len}")
-        raise TowerGPTError(message)
+    _check_kept(job, splitter, too_long, "对话", "conversations", max_seq_len)
     meta = _common_meta(job, "sft", dtype, val_fraction, seed, shard_tokens)
+    meta.update(_record_layout(job, max_seq_len))
     meta.update({
-        "max_seq_len": max_seq_len,      # 每段对话至多 max_seq_len + 1 个 token
-        "im_start_id": job.tokenizer.im_start_id,
-        "im_end_id": job.tokenizer.im_end_id,
-        "mask_dtype": MASK_DTYPE.name,   # "uint8"：1 = 这个 token 算损失
-        "index_dtype": "int64",
         "train": splitter.train.stats(),
         "val": splitter.val.stats(),
         "formats": dict(sorted(formats.items())),
         "truncated_conversations": counts["truncated_conversations"],
         "dropped_messages": counts["dropped_messages"],
         "too_long_conversations": too_long,
-        "skipped_records": skipped.count - too_long,   # skipped.txt 里除去太长的对话，就是坏记录
+        "skipped_records": skipped - too_long,   # skipped.txt 里除去太长的对话，就是坏记录
     })
     return _finish_meta(job, directory, meta)
 
 
-class _DialogueReader:
-    """read_items：把一个对话文件读成 (位置, 消息列表 或 None, 跳过原因 或 None) 一条条交出去。
+def _write_dpo(job: _Job, directory: Path, max_seq_len: int, val_fraction: float, skip_bad: bool,
+               shard_tokens: int, seed: int, verbose: bool) -> dict:
+    """在 directory（临时目录）里写出偏好数据的全部文件，返回 meta。流程与 _write_sft 相同。"""
+    dtype = token_dtype(job.tokenizer.vocab_size)
+    splitter, counts, skipped = _write_records(
+        job, _PreferenceReader(skip_bad), _PairEncoder, (dtype, max_seq_len + 1),
+        lambda split: _PairWriter(directory, split, dtype, shard_tokens), directory, val_fraction, seed, verbose)
+    too_long = counts["too_long_pairs"]
+    _check_kept(job, splitter, too_long, "偏好对", "preference pairs", max_seq_len)
+    meta = _common_meta(job, "dpo", dtype, val_fraction, seed, shard_tokens)
+    meta.update(_record_layout(job, max_seq_len))
+    meta.update({
+        "chosen_len_dtype": "int64",     # 每对里 chosen 序列的 token 数
+        "train": splitter.train.stats(),
+        "val": splitter.val.stats(),
+        "truncated_pairs": counts["truncated_pairs"],        # 提示丢掉了最早几轮的对数
+        "dropped_messages": counts["dropped_messages"],      # 一共丢掉的提示消息条数
+        "truncated_answers": counts["truncated_answers"],    # 回答被截短的对数
+        "too_long_pairs": too_long,                          # 怎么都放不下、整对跳过的
+        "skipped_records": skipped - too_long,
+    })
+    return _finish_meta(job, directory, meta)
 
-    消息列表为 None 的是 --skip-bad 跳过的坏记录，它们夹在批次里按顺序回到主进程（见 _write_sft）。
-    顺带按格式（prompt_response / alpaca / messages / conversations）计数，写进 meta.json。
+
+def _write_records(job: _Job, read_items, encoder_class: type, encoder_args: tuple, make_writer, directory: Path,
+                   val_fraction: float, seed: int, verbose: bool) -> tuple["_SplitWriter", Counter, int]:
+    """对话与偏好数据共用：读记录 -> 工作进程里渲染 -> 划分并写出；返回 (splitter, 计数, 跳过的条数)。"""
+    counts: Counter = Counter()
+    splitter = _SplitWriter(make_writer, val_fraction, seed)
+    with contextlib.closing(_SkippedLog(directory / SKIPPED_FILE)) as skipped:
+        def on_result(encoded: _Encoded) -> None:
+            counts.update(encoded.counts)
+            for location, reason in encoded.skipped:
+                skipped.add(location, reason)
+
+        _run_pipeline(job, read_items, encoder_class, encoder_args, splitter, on_result, verbose)
+    return splitter, counts, skipped.count
+
+
+def _check_kept(job: _Job, splitter: "_SplitWriter", too_long: int, noun: str, noun_en: str, max_seq_len: int) -> None:
+    """一条可用的记录都没有时报错（太长的有几条也说出来）。"""
+    if splitter.kept:
+        return
+    names = ", ".join(str(path) for path in job.paths)
+    message = f"没有任何可用的{noun}：{names} / no usable {noun_en}"
+    if too_long:
+        message += (f"；{too_long} 条连最短的形式都超过 max_seq_len + 1 = {max_seq_len + 1} 个 token，"
+                    f"请调大 --max-seq-len / {too_long} too long for --max-seq-len {max_seq_len}")
+    raise TowerGPTError(message)
+
+
+def _record_layout(job: _Job, max_seq_len: int) -> dict:
+    """对话与偏好数据的 meta.json 共有的字段。"""
+    return {
+        "max_seq_len": max_seq_len,      # 每条序列至多 max_seq_len + 1 个 token
+        "im_start_id": job.tokenizer.im_start_id,
+        "im_end_id": job.tokenizer.im_end_id,
+        "mask_dtype": MASK_DTYPE.name,   # "uint8"：1 = 这个 token 算损失
+        "index_dtype": "int64",
+    }
+
+
+class _DialogueReader:
+    """read_items：把一个对话文件读成 (位置, 解析结果 或 None, 跳过原因 或 None) 一条条交出去。
+
+    解析结果为 None 的是 --skip-bad 跳过的坏记录，它们夹在批次里按顺序回到主进程（见 _write_sft）。
+    对话数据的解析结果是消息列表；顺带按格式（prompt_response / alpaca / messages / conversations）
+    计数，写进 meta.json。偏好数据见子类 _PreferenceReader。
     """
 
-    def __init__(self, skip_bad: bool, formats: Counter):
+    def __init__(self, skip_bad: bool, formats: Counter | None = None):
         self.skip_bad = skip_bad
-        self.formats = formats
+        self.formats = formats if formats is not None else Counter()
+
+    def parse(self, record, location: str) -> tuple[object, int, int]:
+        """一条记录 -> (解析结果, 字符数, 字节数)；不合格时抛 DialogueError。"""
+        from towergpt.data.dialogue import parse_record
+
+        kind, messages = parse_record(record, location)
+        self.formats[kind] += 1
+        return messages, *_text_size(message["content"] for message in messages)
 
     def __call__(self, path: Path) -> Iterator[tuple[tuple, int, int]]:
-        from towergpt.data.dialogue import DialogueError, parse_record
+        from towergpt.data.dialogue import DialogueError
         from towergpt.data.readers import iter_records, record_location
 
         bad: list[tuple[str, str]] = []   # 读取器发现的坏记录（坏 JSON、非 UTF-8……），在下一条好记录之前交出
@@ -625,16 +746,13 @@ class _DialogueReader:
             yield from self._flush(bad)
             location = record_location(path, number)
             try:
-                kind, messages = parse_record(record, location)
+                parsed, characters, size = self.parse(record, location)
             except DialogueError as error:
                 if not self.skip_bad:
                     raise
                 yield (error.location, None, error.reason), 0, 0
                 continue
-            self.formats[kind] += 1
-            characters = sum(len(message["content"]) for message in messages)
-            size = sum(len(message["content"].encode("utf-8")) for message in messages)
-            yield (location, messages, None), characters, size
+            yield (location, parsed, None), characters, size
         yield from self._flush(bad)
 
     @staticmethod
@@ -642,6 +760,23 @@ class _DialogueReader:
         for where, why in bad:
             yield (where, None, why), 0, 0
         bad.clear()
+
+
+class _PreferenceReader(_DialogueReader):
+    """偏好数据：解析结果是 (提示消息列表, chosen, rejected)，见 dialogue.parse_preference。"""
+
+    def parse(self, record, location: str) -> tuple[object, int, int]:
+        from towergpt.data.dialogue import parse_preference
+
+        prompt, chosen, rejected = parse_preference(record, location)
+        texts = [message["content"] for message in prompt] + [chosen, rejected]
+        return (prompt, chosen, rejected), *_text_size(texts)
+
+
+def _text_size(texts) -> tuple[int, int]:
+    """(字符数, UTF-8 字节数)，只用于凑批和推进进度条。"""
+    texts = list(texts)
+    return sum(len(text) for text in texts), sum(len(text.encode("utf-8")) for text in texts)
 
 
 # ---------------------------------------------------------------------------
@@ -799,6 +934,64 @@ class _ChatEncoder:
         return (f"对话太长：只保留 system 和最后一轮也有 {needed} 个 token，超过 max_seq_len + 1 = {self.max_tokens}，"
                 f"整段跳过（可调大 --max-seq-len）/ conversation too long: the system prompt plus the last turn"
                 f" alone take {needed} tokens > max_seq_len + 1 = {self.max_tokens}; skipped")
+
+
+class _PairEncoder:
+    """偏好数据：一批 (位置, (提示, chosen, rejected), 跳过原因) -> 每对的 [chosen 序列, rejected 序列]。
+
+    一对在 _Documents 里算“一篇”：token 和掩码是两条序列首尾相接，stats 里的 chosen_tokens
+    记下前一条有多长。这样划分 train/val、写分片都按“对”进行，一对永远不会被拆开。
+    """
+
+    def __init__(self, tokenizer, dtype: np.dtype, max_tokens: int):
+        self.tokenizer = tokenizer
+        self.dtype = dtype
+        self.max_tokens = max_tokens
+
+    def __call__(self, entries: list[tuple]) -> _Encoded:
+        from towergpt.data.preference import render_pair
+
+        ids_parts, mask_parts, lengths, chosen_tokens, answer_characters, ordinals = [], [], [], [], [], []
+        counts = {"truncated_pairs": 0, "dropped_messages": 0, "truncated_answers": 0, "too_long_pairs": 0}
+        skipped: list[tuple[str, str]] = []
+        consumed = 0
+        for location, parsed, reason in entries:
+            if parsed is None:  # 主进程已判定的坏记录，原样带回
+                skipped.append((location, reason))
+                continue
+            ordinal, consumed = consumed, consumed + 1
+            prompt, chosen, rejected = parsed
+            pair = render_pair(self.tokenizer, prompt, chosen, rejected, self.max_tokens)
+            if pair is None:
+                counts["too_long_pairs"] += 1
+                skipped.append((location, self._too_long_reason(prompt)))
+                continue
+            if pair.dropped_messages:
+                counts["truncated_pairs"] += 1
+                counts["dropped_messages"] += pair.dropped_messages
+            counts["truncated_answers"] += pair.truncated
+            ids_parts += [pair.chosen.ids, pair.rejected.ids]
+            mask_parts += [pair.chosen.loss_mask, pair.rejected.loss_mask]
+            lengths.append(len(pair.chosen.ids) + len(pair.rejected.ids))
+            chosen_tokens.append(len(pair.chosen.ids))
+            answer_characters.append(len(chosen) + len(rejected))   # 回答原文的字符数（截短前），仅作统计
+            ordinals.append(ordinal)
+        documents = _Documents(
+            np.array(lengths, dtype=np.int64),
+            {"tokens": np.fromiter(itertools.chain.from_iterable(ids_parts), dtype=self.dtype),
+             "mask": np.fromiter(itertools.chain.from_iterable(mask_parts), dtype=MASK_DTYPE)},
+            {"chosen_tokens": np.array(chosen_tokens, dtype=np.int64),
+             "assistant_characters": np.array(answer_characters, dtype=np.int64)},
+        )
+        return _Encoded(documents, np.array(ordinals, dtype=np.int64), consumed, counts, skipped)
+
+    def _too_long_reason(self, prompt: list[dict]) -> str:
+        from towergpt.data.preference import minimal_prompt_tokens
+
+        needed = minimal_prompt_tokens(self.tokenizer, prompt)
+        return (f"偏好对太长：提示只保留 system 和最后一条 user 也有 {needed} 个 token，加上回答的开头超过"
+                f" max_seq_len + 1 = {self.max_tokens}，整对跳过（可调大 --max-seq-len）/ pair too long: the"
+                f" shortest prompt alone takes {needed} tokens, no room for the answers within {self.max_tokens}")
 
 
 # ---------------------------------------------------------------------------
@@ -1100,6 +1293,33 @@ class _ConversationWriter:
                 "assistant_characters": self.assistant_characters,    # 留下的助手消息的字符数（算 bpc）
                 "index_file": self.index_file if self.count else None,
                 "shards": [dict(shard) for shard in self.shards]}
+
+
+class _PairWriter(_ConversationWriter):
+    """偏好数据的写入器：文件与 _ConversationWriter 相同（一“段”就是一对），另加 {split}_chosen_len.bin：
+    每对一个 int64，是这一对里 chosen 序列的 token 数——训练时据此把一对切回 chosen 和 rejected 两条。"""
+
+    def __init__(self, directory: Path, split: str, dtype: np.dtype, shard_tokens: int):
+        super().__init__(directory, split, dtype, shard_tokens)
+        self.chosen_len_file = f"{split}_chosen_len.bin"
+        self.chosen_len_handle = None
+
+    def write(self, documents: _Documents) -> None:
+        if self.chosen_len_handle is None:  # 与索引文件一样，真有数据才建文件
+            self.chosen_len_handle = open(self.directory / self.chosen_len_file, "wb")
+        self.chosen_len_handle.write(documents.stats["chosen_tokens"].astype(INDEX_DTYPE).tobytes())
+        super().write(documents)
+
+    def close(self) -> None:
+        super().close()
+        if self.chosen_len_handle is not None:
+            self.chosen_len_handle.close()
+            self.chosen_len_handle = None
+
+    def stats(self) -> dict:
+        # "conversations" 与 "pairs" 是同一个数：数据集的读取代码与对话数据共用，认的是前者
+        return {**super().stats(), "pairs": self.count,
+                "chosen_len_file": self.chosen_len_file if self.count else None}
 
 
 class _SkippedLog:

@@ -7,4 +7,6 @@
     metrics.py        metrics.jsonl 与 TensorBoard
     signals.py        Ctrl-C / SIGTERM：先保存，再干净地退出
     pretrain.py       预训练的入口：数据 + 目标函数 + 循环
+    sft.py            对话微调的入口：只在助手的话上算损失
+    dpo.py            偏好微调的入口：冻结的参考模型 + DPO 损失
 """

@@ -4,7 +4,7 @@
 
     for 每个微批次（grad_accum 次）:
         损失 = 目标函数(模型, 批次)            # autocast 下前向
-        (损失 / grad_accum).backward()        # 梯度在 .grad 里累加
+        (损失 × 权重).backward()              # 梯度在 .grad 里累加；权重见下
     把梯度“反缩放”回真实大小（只有 fp16 需要）
     裁剪梯度的全局范数                          # 必须在反缩放之后！原项目裁剪的是被放大的梯度
     损失或梯度不是有限数？跳过这次更新并记录
@@ -13,10 +13,18 @@
 多进程（torchrun）时，每个进程跑同一个循环、读不同的数据；梯度在反向传播时自动求平均
 （见 train/distributed.py）。只有 rank 0 打印、写指标、存检查点。
 
-目标函数的接口：objective(model, batch, device) -> (loss, tokens)，
-    loss 是标量张量，tokens 是这个批次里的 token 数（用于统计吞吐）。
+目标函数的接口：objective(model, batch, device) -> (loss, tokens) 或 (loss, tokens, metrics)，
+    loss 是标量张量，tokens 是这个批次里的 token 数（用于统计吞吐）；
+    metrics（可选）是 {名字: 标量张量}，本批的附加指标（DPO 的 rewards/chosen 等），
+    与 loss 一样按批次加权平均后写进训练行，评估时加上 val_ 前缀写进评估行。
+    DPO 用的冻结参考模型由目标函数自己持有（见 train/dpo.py），循环只更新、保存 model。
 训练数据的接口：next_batch(batch_size)、state_dict()、load_state_dict()。
 验证数据的接口：iter_eval_batches(batch_size, max_batches)、characters_per_token。
+
+权重：loss 是一个微批次里若干“单位”上的平均。语言模型的单位是 token，每个微批次权重相同，
+即除以 grad_accum（与原来的做法一致）。DPO 的批次是 dict，带 "pairs"（这批有几对）：
+它的损失是每对一个数的平均，权重 = 本批对数 / 这一步的总对数——哪怕 epoch 末的批次不满，
+累积 N 个微批次的梯度也恰好等于“一次算完所有对”的大批次梯度。
 """
 
 from __future__ import annotations
@@ -147,29 +155,39 @@ class Trainer:
         lr = learning_rate(step, optim, train.max_steps)
         set_learning_rate(self.optimizer, lr)
 
+        # 先取出这一步的全部微批次（只是 token id，很小）：知道总对数才能给每个微批次定权重（见模块开头）
+        batches = [self.train_data.next_batch(train.micro_batch_size) for _ in range(train.grad_accum)]
+        weights = [_pair_count(batch) or 1 for batch in batches]
+        total_weight = sum(weights)
         loss_sum = torch.zeros((), device=self.device)
+        metric_sums: dict[str, torch.Tensor] = {}
         tokens = 0
-        for micro_step in range(train.grad_accum):
-            batch = self.train_data.next_batch(train.micro_batch_size)
+        for micro_step, (batch, weight) in enumerate(zip(batches, weights)):
             # 多进程时，只有最后一个微批次的反向传播才在进程间同步梯度
             last = micro_step == train.grad_accum - 1
             with distributed.skip_gradient_sync(self.forward_model, self.dist, skip=not last):
                 with precision.autocast(self.device, self.dtype):
-                    loss, batch_tokens = self.objective(self.forward_model, batch, self.device)
-                # 除以 grad_accum：累积 N 个微批次的梯度之和 = N 倍，除掉后等于大批次的平均梯度
-                self.scaler.scale(loss / train.grad_accum).backward()
-            loss_sum += loss.detach()
+                    loss, batch_tokens, metrics = _unpack(self.objective(self.forward_model, batch, self.device))
+                # 乘 weight / total_weight：各微批次的平均按单位数加权，相加后等于大批次的平均；
+                # 语言模型的权重都是 1，这就是“除以 grad_accum”
+                self.scaler.scale(loss * weight / total_weight).backward()
+            loss_sum += loss.detach() * weight
+            for name, value in metrics.items():
+                metric_sums[name] = metric_sums.get(name, 0.0) + value.detach().float() * weight
             tokens += batch_tokens
-        # 日志里的损失是所有进程的平均，token 数是所有进程之和（全局批次 = 微批次 × 累积 × 进程数）
-        totals = torch.stack([loss_sum, torch.tensor(float(tokens), device=self.device)])
-        loss_sum, tokens = distributed.all_reduce_sum(totals, self.dist)
+        # 日志里的损失和附加指标是所有进程的平均，token 数是所有进程之和（全局批次 = 微批次 × 累积 × 进程数）
+        names = sorted(metric_sums)
+        totals = torch.stack([loss_sum, torch.tensor(float(tokens), device=self.device),
+                              *(metric_sums[name] for name in names)])
+        loss_sum, tokens, *metric_values = distributed.all_reduce_sum(totals, self.dist)
         loss_sum, tokens = loss_sum / self.dist.world_size, int(tokens.item())
+        extra = {name: (value / self.dist.world_size / total_weight).item() for name, value in zip(names, metric_values)}
 
         # 先把 fp16 放大过的梯度缩回真实大小，再裁剪 —— 顺序反了，裁剪阈值就失去意义
         self.scaler.unscale_(self.optimizer)
         max_norm = optim.grad_clip if optim.grad_clip > 0 else float("inf")
         grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), max_norm)
-        mean_loss = (loss_sum / train.grad_accum).item()
+        mean_loss = (loss_sum / total_weight).item()
         finite = math.isfinite(mean_loss) and (self.scaler.is_enabled() or bool(torch.isfinite(grad_norm)))
         if finite:
             self.scaler.step(self.optimizer)  # fp16 下若梯度含 inf，scaler 自己会跳过并调小放大倍数
@@ -185,7 +203,7 @@ class Trainer:
         return {
             "step": step, "tokens": self.progress.tokens_seen, "loss": mean_loss, "lr": lr,
             "grad_norm": float(grad_norm), "tok_per_s": tokens / max(seconds, 1e-9),
-            "elapsed_s": round(self.progress.elapsed_s, 3), **({} if finite else {"skipped": True}),
+            "elapsed_s": round(self.progress.elapsed_s, 3), **extra, **({} if finite else {"skipped": True}),
         }
 
     def _on_bad_step(self, step: int, loss: float, grad_norm: float) -> None:
@@ -217,24 +235,33 @@ class Trainer:
             return {}
         eval_model = self.forward_model if self.fsdp else getattr(self.forward_model, "module", self.forward_model)
         self.model.eval()
-        loss_total, token_total = 0.0, 0
+        loss_total, weight_total, metric_totals = 0.0, 0, {}
         batches = self.val_data.iter_eval_batches(self.config.train.micro_batch_size,
                                                   self.config.data.eval_batches or None)
+        pair_batches = False
         for batch in batches:
             with precision.autocast(self.device, self.dtype):
-                loss, _ = self.objective(eval_model, batch, self.device)
-            targets = _count_targets(batch)
-            loss_total += loss.item() * targets
-            token_total += targets
+                loss, _, metrics = _unpack(self.objective(eval_model, batch, self.device))
+            # 按损失“平均的单位”加权：语言模型按目标 token 数，DPO 按偏好对数
+            pairs = _pair_count(batch)
+            pair_batches = pair_batches or pairs is not None
+            weight = pairs if pairs is not None else _count_targets(batch)
+            loss_total += loss.item() * weight
+            weight_total += weight
+            for name, value in metrics.items():
+                metric_totals[name] = metric_totals.get(name, 0.0) + value.item() * weight
         if self.fsdp:
             # FSDP2 的根模块在只有前向、没有反向时会一直保留“收集好的完整参数”；手动切回分片，
             # 否则之后取优化器状态时参数对不上号
             self.model.reshard()
         self.model.train()
-        if token_total == 0:
+        if weight_total == 0:
             return {}
-        val_loss = loss_total / token_total
-        result = {"val_loss": val_loss, "val_ppl": math.exp(min(val_loss, 50.0))}
+        val_loss = loss_total / weight_total
+        result = {"val_loss": val_loss}
+        if not pair_batches:  # 困惑度 = exp(每个 token 的交叉熵)；DPO 的损失不是交叉熵，exp 它没有意义
+            result["val_ppl"] = math.exp(min(val_loss, 50.0))
+        result.update({f"val_{name}": total / weight_total for name, total in metric_totals.items()})
         chars_per_token = getattr(self.val_data, "characters_per_token", None)
         if chars_per_token:
             # bpc = 每个 token 的比特数 / 每个 token 平均几个字符；与分词器无关，不同词表的模型可以直接比
@@ -329,6 +356,18 @@ class Trainer:
             "stopped_by": stopped_by,
             **self.progress.last_eval,
         }
+
+
+def _unpack(output) -> tuple:
+    """目标函数的返回值统一成 (loss, tokens, metrics)：没有附加指标的给一个空 dict。"""
+    if len(output) == 2:
+        return output[0], output[1], {}
+    return output
+
+
+def _pair_count(batch) -> int | None:
+    """DPO 批次（带 "pairs" 的 dict）里有几对偏好；其余批次返回 None。"""
+    return int(batch["pairs"]) if isinstance(batch, dict) and "pairs" in batch else None
 
 
 def _count_targets(batch) -> int:
