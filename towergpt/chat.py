@@ -130,10 +130,12 @@ def chat_cli(args) -> None:
     """`towergpt chat`：交互式 REPL；`--message` 一问一答；标准输入是管道时每行一轮。"""
     from towergpt.checkpoint import load
     from towergpt.device import pick_device
-    from towergpt.generate import check_sampling_args
+    from towergpt.generate import check_sampling_args, compile_for_decoding
 
     check_sampling_args(args)
     model, tokenizer = load(args.ckpt, pick_device(args.device))
+    if args.compile:
+        model = compile_for_decoding(model)
     sampling = Sampling(args.max_new_tokens, args.temperature, args.top_k, args.top_p,
                         args.repetition_penalty, args.seed)
     session = ChatSession(model, tokenizer, system=args.system, sampling=sampling)

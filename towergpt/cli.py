@@ -127,6 +127,8 @@ def add_sampling_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--repetition-penalty", type=float, default=1.0, help="重复惩罚，>1 抑制重复")
     parser.add_argument("--seed", type=int, default=None, help="随机种子，使采样可复现 / sampling seed")
     parser.add_argument("--device", default="auto", help="cpu / cuda / mps / auto")
+    parser.add_argument("--compile", action="store_true",
+                        help="用 torch.compile 加速逐 token 生成（首次编译约半分钟）/ compile the model for decoding")
 
 
 def add_training_args(parser: argparse.ArgumentParser) -> None:

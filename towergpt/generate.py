@@ -125,6 +125,19 @@ def stream_generate(
         model.train(was_training)
 
 
+def compile_for_decoding(model: GPT):
+    """用 torch.compile 编译模型，给逐 token 生成提速（CPU 上实测约 1.6 倍，见 docs/PERFORMANCE.md）。
+
+    为什么能快：生成一个 token 时，每层要做二十来个很小的运算（归一化、RoPE、写缓存……），
+    每个运算本身只要几微秒，Python 和 PyTorch 分派它们的开销反而占了大头。编译把整次前向
+    变成一段融合好的代码，这些开销几乎消失，剩下的主要是读一遍权重做矩阵乘。
+    dynamic=True：KV 缓存的长度每步加一，按动态形状只编译一次，而不是每个长度各编译一次。
+    代价：第一次调用要编译（CPU 上约半分钟），所以只在要生成很多 token 时划算。
+    返回的对象用法与原模型相同（属性访问会转给原模型）。
+    """
+    return torch.compile(model, dynamic=True)
+
+
 def generate(
     model: GPT,
     idx: torch.Tensor,
@@ -236,6 +249,8 @@ def generate_cli(args) -> None:
     check_sampling_args(args)
     device = pick_device(args.device)
     model, tokenizer = load(args.ckpt, device)
+    if args.compile:
+        model = compile_for_decoding(model)
     prompt_ids = [tokenizer.bos_id] + tokenizer.encode(args.prompt)
     idx = torch.tensor([prompt_ids], dtype=torch.long, device=device)
 

@@ -108,6 +108,8 @@ class Tokenizer:
         self._model_bytes = bytes(model_bytes)
         self._source = source
         self._fingerprint = hashlib.sha256(self._model_bytes).hexdigest()
+        # encode_batch 用几个线程；None = SentencePiece 的默认（用满所有核）。多进程分词时每个进程设小一些。
+        self.batch_threads: int | None = None
 
         self._unk_id = self._require_piece(UNK_PIECE)
         self._bos_id = self._require_piece(BOS_PIECE)
@@ -257,7 +259,7 @@ class Tokenizer:
         """批量编码：SentencePiece 在 C++ 里多线程处理整批文本，比逐条 encode 快得多。"""
         texts = list(texts)
         try:
-            batch = self._sp.encode(texts)
+            batch = self._sp.encode(texts, num_threads=self.batch_threads)
             for index, text in enumerate(texts):
                 if SPACE_MARKER in text:  # 少见情况：含“▁”的文本单独重编码
                     batch[index] = self._encode_with_literal_marker(text)

@@ -1003,13 +1003,17 @@ class _PairEncoder:
 _worker_encoder = None
 
 
-def _init_worker(tokenizer_dir: str, encoder_class: type, encoder_args: tuple) -> None:
+def _init_worker(tokenizer_dir: str, encoder_class: type, encoder_args: tuple, threads: int) -> None:
     from towergpt.tokenizer import Tokenizer
 
     global _worker_encoder
     # 工作进程忽略 Ctrl-C：由主进程统一处理中断并清理，否则每个子进程都会各打印一大段 traceback
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    _worker_encoder = encoder_class(Tokenizer.load(tokenizer_dir), *encoder_args)
+    tokenizer = Tokenizer.load(tokenizer_dir)
+    # 每个进程的 SentencePiece 只开“核数 / 进程数”个线程：否则 N 个进程各开满核数的线程，
+    # 线程数远多于核数，互相抢 CPU，反而更慢。
+    tokenizer.batch_threads = threads
+    _worker_encoder = encoder_class(tokenizer, *encoder_args)
 
 
 def _encode_in_worker(batch: list):
@@ -1038,7 +1042,7 @@ def _tokenize_in_order(batches: Iterator[list], tokenizer, tokenizer_dir: Path, 
 
     # 用平台默认的启动方式（Linux 上是 fork，启动快；macOS / Windows 上是 spawn）。
     context = multiprocessing.get_context()
-    initargs = (str(tokenizer_dir), encoder_class, encoder_args)
+    initargs = (str(tokenizer_dir), encoder_class, encoder_args, max(1, (os.cpu_count() or 1) // workers))
     with context.Pool(workers, initializer=_init_worker, initargs=initargs) as pool:
         pending: deque = deque()
         for batch in batches:

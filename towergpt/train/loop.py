@@ -157,6 +157,11 @@ class Trainer:
 
         # 先取出这一步的全部微批次（只是 token id，很小）：知道总对数才能给每个微批次定权重（见模块开头）
         batches = [self.train_data.next_batch(train.micro_batch_size) for _ in range(train.grad_accum)]
+        if self.device.type == "cuda":
+            # 锁页内存（pinned）里的张量才能真正异步地拷到 GPU：目标函数里的 .to(device, non_blocking=True)
+            # 于是不等拷贝完成就返回，GPU 算上一个微批次时，下一个微批次已经在路上。
+            # 取批次本身只是从内存映射的分片里切几行 token（微秒级），不需要再开后台线程预取。
+            batches = [_pinned(batch) for batch in batches]
         weights = [_pair_count(batch) or 1 for batch in batches]
         total_weight = sum(weights)
         loss_sum = torch.zeros((), device=self.device)
@@ -363,6 +368,17 @@ def _unpack(output) -> tuple:
     if len(output) == 2:
         return output[0], output[1], {}
     return output
+
+
+def _pinned(batch):
+    """把批次（张量，或张量组成的 tuple / list / dict）放进锁页内存；其余值原样返回。"""
+    if isinstance(batch, torch.Tensor):
+        return batch.pin_memory()
+    if isinstance(batch, (tuple, list)):
+        return type(batch)(_pinned(item) for item in batch)
+    if isinstance(batch, dict):
+        return {key: _pinned(value) for key, value in batch.items()}
+    return batch
 
 
 def _pair_count(batch) -> int | None:
