@@ -17,58 +17,26 @@ import platform
 import statistics
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import torch
 
+from towergpt import hf_format
 from towergpt.model import GPT, GPTConfig
 
 
 def llama_config(config: GPTConfig):
-    """与 TowerGPT 配置同尺寸的 transformers LlamaConfig。"""
+    """与 TowerGPT 配置同尺寸的 transformers LlamaConfig：字段对应关系与 `towergpt export` 共用（hf_format.py）。"""
     from transformers import LlamaConfig
 
-    return LlamaConfig(
-        vocab_size=config.vocab_size,
-        hidden_size=config.d_model,
-        intermediate_size=config.ffn_hidden,
-        num_hidden_layers=config.n_layer,
-        num_attention_heads=config.n_head,
-        num_key_value_heads=config.n_kv_head,
-        max_position_embeddings=config.max_seq_len,
-        rms_norm_eps=config.norm_eps,
-        rope_theta=config.rope_theta,
-        tie_word_embeddings=config.tie_embeddings,
-        attention_bias=False,
-        mlp_bias=False,
-        hidden_act="silu",
-        bos_token_id=1,
-        eos_token_id=2,
-        pad_token_id=3,
-    )
+    # 特殊 token 的编号在 TowerGPT 里是固定的（bos 1、eos 2、pad 3），不必为此载入分词器
+    special_ids = SimpleNamespace(bos_id=1, eos_id=2, pad_id=3)
+    return LlamaConfig.from_dict(hf_format.llama_config(config.to_dict(), special_ids, "float32"))
 
 
 def llama_state_dict(model: GPT) -> dict[str, torch.Tensor]:
-    """把 TowerGPT 的权重改名成 LlamaForCausalLM 的名字（qkv 按行切成 q/k/v）。"""
-    config = model.config
-    q_rows = config.n_head * config.head_dim
-    kv_rows = config.n_kv_head * config.head_dim
-    state = {"model.embed_tokens.weight": model.embed.weight, "model.norm.weight": model.final_norm.weight,
-             "lm_head.weight": model.lm_head.weight}
-    for i, block in enumerate(model.blocks):
-        prefix = f"model.layers.{i}."
-        q, k, v = block.attn.qkv.weight.split([q_rows, kv_rows, kv_rows], dim=0)
-        state.update({
-            prefix + "input_layernorm.weight": block.attn_norm.weight,
-            prefix + "self_attn.q_proj.weight": q,
-            prefix + "self_attn.k_proj.weight": k,
-            prefix + "self_attn.v_proj.weight": v,
-            prefix + "self_attn.o_proj.weight": block.attn.out_proj.weight,
-            prefix + "post_attention_layernorm.weight": block.ffn_norm.weight,
-            prefix + "mlp.gate_proj.weight": block.ffn.gate_proj.weight,
-            prefix + "mlp.up_proj.weight": block.ffn.up_proj.weight,
-            prefix + "mlp.down_proj.weight": block.ffn.down_proj.weight,
-        })
-    return {name: tensor.detach().clone() for name, tensor in state.items()}
+    """把 TowerGPT 的权重改名成 LlamaForCausalLM 的名字（qkv 按行切成 q/k/v），与 `towergpt export` 相同。"""
+    return hf_format.to_llama_tensors(model.state_dict(), model.config)
 
 
 def model_pair(config: GPTConfig, seed: int = 0):
@@ -79,7 +47,7 @@ def model_pair(config: GPTConfig, seed: int = 0):
     ours = GPT(config)
     peer = LlamaForCausalLM(llama_config(config))
     missing, unexpected = peer.load_state_dict(llama_state_dict(ours), strict=False)
-    # 共享词向量时 lm_head 与 embed_tokens 是同一个张量，load_state_dict 不会报它缺失；其余必须一一对上
+    # 共享词向量时 lm_head 与 embed_tokens 是同一个张量，导出的字典里没有 lm_head（报它缺失无妨）；其余必须一一对上
     if unexpected or [name for name in missing if name != "lm_head.weight"]:
         raise RuntimeError(f"权重没对上 / weights do not match: missing={missing} unexpected={unexpected}")
     return ours, peer

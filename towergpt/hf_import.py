@@ -119,19 +119,12 @@ def read_model(source: Path, max_seq_len: int | None):
     """config.json + safetensors 权重 → 载好权重的 GPT（float32，eval 模式）。"""
     import torch
 
+    from towergpt.checkpoint import read_config_json
     from towergpt.hf_format import from_llama_tensors, gpt_config_from_llama
     from towergpt.model import GPT
 
     config_path = source / "config.json"
-    try:
-        raw = json.loads(config_path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise TowerGPTError(f"缺少模型配置 / missing model config: {config_path}") from None
-    except json.JSONDecodeError as error:
-        raise TowerGPTError(f"{config_path}:{error.lineno} 不是合法 JSON / invalid JSON: {error.msg}") from None
-    if not isinstance(raw, dict):
-        raise TowerGPTError(f"{config_path}: 顶层应为 JSON 对象 / must be a JSON object")
-    config = gpt_config_from_llama(raw, str(config_path), max_seq_len)
+    config = gpt_config_from_llama(read_config_json(config_path), str(config_path), max_seq_len)
     tensors = {name: tensor.to(torch.float32) for name, tensor in read_safetensors(source).items()}
     state = from_llama_tensors(tensors, config, str(source))
     model = GPT(config)

@@ -87,11 +87,7 @@ def _pretrain(out: Path, minutes: float, device: str) -> dict:
 
     base = [f"data.path={out / 'data'}", f"train.device={device}"]
     steps = _steps_for(minutes, _measure_step_seconds(_pretrain_probe(load_config("tiny", base))))
-    eval_every = max(10, steps // 8)
-    config = load_config("tiny", base + [
-        f"train.out_dir={out / 'pretrain'}", f"train.max_steps={steps}", f"train.eval_every={eval_every}",
-        f"train.save_every={eval_every * 2}", f"optim.warmup_steps={min(50, steps // 10)}",
-    ])
+    config = _timed_config(base, out / "pretrain", steps, evaluations=8, max_warmup=50)
     result = _stop_if_interrupted(run_pretrain(config))
     return {
         "val_loss": result.get("val_loss"), "val_bpc": result.get("val_bpc"), "val_ppl": result.get("val_ppl"),
@@ -118,11 +114,7 @@ def _sft(out: Path, minutes: float, device: str) -> dict:
     base = [f"init_from={out / 'pretrain'}", f"data.path={out / 'sft_data'}", f"train.device={device}",
             *SFT_SETTINGS]
     steps = _steps_for(minutes, _measure_step_seconds(_sft_probe(load_config("tiny", base))))
-    eval_every = max(10, steps // 4)
-    config = load_config("tiny", base + [
-        f"train.out_dir={out / 'sft'}", f"train.max_steps={steps}", f"train.eval_every={eval_every}",
-        f"train.save_every={eval_every * 2}", f"optim.warmup_steps={min(30, steps // 10)}",
-    ])
+    config = _timed_config(base, out / "sft", steps, evaluations=4, max_warmup=30)
     result = _stop_if_interrupted(run_sft(config))
     return {"sft_steps": result["step"], "sft_val_loss": result.get("val_loss"),
             "sft_seconds": result["elapsed_s"]}
@@ -147,6 +139,18 @@ def _stop_if_interrupted(result: dict) -> dict:
     if result["stopped_by"] != "max_steps":
         raise KeyboardInterrupt
     return result
+
+
+def _timed_config(base: list[str], run_dir: Path, steps: int, evaluations: int, max_warmup: int):
+    """tiny 预设 + base 设置，训练 steps 步：大约评估 evaluations 次，每两次评估存一次检查点，
+    预热取 steps 的 1/10（至多 max_warmup 步）。"""
+    from towergpt.config import load_config
+
+    eval_every = max(10, steps // evaluations)
+    return load_config("tiny", base + [
+        f"train.out_dir={run_dir}", f"train.max_steps={steps}", f"train.eval_every={eval_every}",
+        f"train.save_every={eval_every * 2}", f"optim.warmup_steps={min(max_warmup, steps // 10)}",
+    ])
 
 
 def _steps_for(minutes: float, seconds_per_step: float) -> int:
@@ -212,9 +216,12 @@ def _print_samples(run_dir: Path) -> list[dict]:
 
 
 def _count_params(run_dir: Path) -> int:
-    from towergpt.checkpoint import load_model
+    """检查点里模型的参数个数：按 config.json 在 meta 设备上搭一个空架子来数，不必读权重。"""
+    from towergpt.checkpoint import read_model_config, resolve_checkpoint
+    from towergpt.model import GPT
 
-    return load_model(run_dir).num_params()
+    with torch.device("meta"):   # meta 张量只有形状和类型、没有数据，不占内存，也不消耗随机数
+        return GPT(read_model_config(resolve_checkpoint(run_dir))).num_params()
 
 
 def _fresh_output_dir(out: Path) -> Path:

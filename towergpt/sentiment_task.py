@@ -56,8 +56,12 @@ def answer_all(model, tokenizer, reviews: list[str], batch_size: int = 32) -> li
 
 
 def evaluate(model, tokenizer, heldout_path: str | Path) -> dict:
-    """在留出评论上的准确率、多数类基线，以及几条示例对话。"""
-    rows = read_reviews(heldout_path)
+    """读留出评论文件（每行 {"review", "label"}），返回 evaluate_rows 的成绩。"""
+    return evaluate_rows(model, tokenizer, read_reviews(heldout_path))
+
+
+def evaluate_rows(model, tokenizer, rows: list[dict]) -> dict:
+    """在留出评论（每条 {"review": 文本, "label": 文本}）上的准确率、多数类基线，以及几条示例对话。"""
     answers = answer_all(model, tokenizer, [row["review"] for row in rows])
     correct = sum(answer == row["label"] for answer, row in zip(answers, rows))
     labels = [row["label"] for row in rows]

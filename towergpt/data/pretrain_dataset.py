@@ -33,19 +33,8 @@ import numpy as np
 import torch
 
 from towergpt.data.prepare import load_meta
+from towergpt.data.token_files import check_dataset_args, open_memmap
 from towergpt.errors import TowerGPTError
-
-SPLITS = ("train", "val")
-
-
-def check_dataset_args(split: str, seq_len: int, rank: int, world_size: int) -> None:
-    """预训练与 SFT 数据集共用的参数检查。"""
-    if split not in SPLITS:
-        raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
-    if seq_len < 1:
-        raise TowerGPTError(f"序列长度必须是正整数 / seq_len must be positive, got {seq_len}")
-    if not 0 <= rank < world_size:
-        raise ValueError(f"need 0 <= rank < world_size, got rank={rank}, world_size={world_size}")
 
 
 class PackedPretrainData:
@@ -94,24 +83,8 @@ class PackedPretrainData:
     # -- 打开与检查 ---------------------------------------------------------
 
     def _open_shard(self, shard: dict) -> np.memmap:
-        """只读地映射一个分片，先核对文件大小：大小不对说明文件被截断（拷贝中断、磁盘满）或被替换。"""
-        path = self.data_dir / shard["file"]
-        dtype = np.dtype(self.meta["dtype"]).newbyteorder("<")  # prepare 总是写小端序
-        expected = int(shard["tokens"]) * dtype.itemsize
-        if not path.is_file():
-            raise TowerGPTError(
-                f"{path}: 分片文件不见了，数据目录不完整，请重新运行 towergpt data prepare"
-                f" / shard file missing: the data directory is incomplete, run `towergpt data prepare` again"
-            )
-        actual = path.stat().st_size
-        if actual != expected:
-            state = "被截断了 / is truncated" if actual < expected else "比记录的大 / is larger than recorded"
-            raise TowerGPTError(
-                f"{path}: 文件大小 {actual:,} 字节，meta.json 记录应为 {expected:,} 字节，文件{state}；"
-                f"请重新运行 towergpt data prepare"
-                f" / file size {actual:,} bytes but meta.json expects {expected:,}: run `towergpt data prepare` again"
-            )
-        return np.memmap(path, dtype=dtype, mode="r", shape=(int(shard["tokens"]),))
+        """只读地映射一个分片（先核对文件大小，见 data/token_files.py）。"""
+        return open_memmap(self.data_dir / shard["file"], self.meta["dtype"], shard["tokens"], "pretrain")
 
     def _check_enough_windows(self) -> None:
         """一个完整窗口都切不出来，或者窗口少到不够每张卡分一个时，给出能照着改的建议。"""

@@ -39,14 +39,18 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from towergpt.data.prepare import INDEX_DTYPE, MASK_DTYPE, load_meta
-from towergpt.data.pretrain_dataset import check_dataset_args
+from towergpt.data.prepare import INDEX_DTYPE, load_meta
+from towergpt.data.token_files import check_dataset_args, check_file_size, open_memmap, prepare_command
 from towergpt.errors import TowerGPTError
 from towergpt.model import IGNORE_INDEX
 
 
 # 每多少个批次的对话放在一起按长度排序（见模块开头“按长度分组”）
 CHUNK_BATCHES = 64
+
+# 报错时怎么称呼 meta.json 里 "kind" 的三种数据
+DATA_NAMES = {"pretrain": ("预训练数据", "pretraining data"), "sft": ("对话数据", "dialogue data"),
+              "dpo": ("偏好数据", "preference data")}
 
 
 class SFTData:
@@ -68,11 +72,15 @@ class SFTData:
         rank, world_size: 多卡（DDP）训练时本进程的编号和总进程数；单卡用默认值 0 和 1。
     """
 
+    # meta.json 里要求的数据种类，以及报错时怎么称呼一条样本；DPOData 换成偏好数据的，其余全部沿用
+    kind = "sft"
+    sample_name = ("对话", "conversations")
+
     def __init__(self, data_dir: str | os.PathLike, split: str, seq_len: int,
                  seed: int = 0, rank: int = 0, world_size: int = 1):
         check_dataset_args(split, seq_len, rank, world_size)
         self.data_dir = Path(data_dir)
-        self.meta = _load_sft_meta(self.data_dir, seq_len)
+        self.meta = _load_record_meta(self.data_dir, seq_len, self.kind)
         self.split = split
         self.seq_len = seq_len
         self.seed = seed
@@ -81,22 +89,23 @@ class SFTData:
         self.vocab_size = int(self.meta["vocab_size"])
         self.pad_id = int(self.meta["pad_id"])
         stats = self.meta[split]
-        self.num_conversations = int(stats["conversations"])
+        self.num_conversations = int(stats["conversations"])   # 偏好数据的 stats 里它等于对数
         self.tokens = int(stats["tokens"])
         if self.num_conversations == 0:
+            zh, en = self.sample_name
             raise TowerGPTError(
-                f"{self.data_dir} 的 {split} 划分里没有对话（prepare 时 --val-fraction 是 {self.meta['val_fraction']}）；"
+                f"{self.data_dir} 的 {split} 划分里没有{zh}（prepare 时 --val-fraction 是 {self.meta['val_fraction']}）；"
                 f"需要验证集就用 --val-fraction 0.01 之类的值重新 prepare"
-                f" / the {split} split holds no conversations (prepared with --val-fraction"
+                f" / the {split} split holds no {en} (prepared with --val-fraction"
                 f" {self.meta['val_fraction']}): prepare again with e.g. --val-fraction 0.01"
             )
 
         # 第 i 段对话 = 全部 token（各分片按顺序接起来）的 [index[i], index[i+1])
         index = self._read_index(stats)
         self.starts = index[:-1]
-        self.lengths = np.diff(index)                       # 每段对话的 token 数
+        self.lengths = np.diff(index)                       # 每段对话的 token 数（DPO：一对两条序列的总数）
         self.shards = [(self._open(shard["tokens_file"], self.meta["dtype"], shard["tokens"]),
-                        self._open(shard["mask_file"], MASK_DTYPE.name, shard["tokens"]))
+                        self._open(shard["mask_file"], self.meta["mask_dtype"], shard["tokens"]))
                        for shard in stats["shards"]]
         shard_ends = np.cumsum([int(shard["tokens"]) for shard in stats["shards"]])
         self.shard_starts = np.concatenate([[0], shard_ends[:-1]])
@@ -114,16 +123,13 @@ class SFTData:
     # -- 打开与检查 ---------------------------------------------------------
 
     def _open(self, name: str, dtype_name: str, count: int) -> np.memmap:
-        """只读地映射一个文件，先核对大小：大小不对说明文件被截断（拷贝中断、磁盘满）或被替换。"""
-        path = self.data_dir / name
-        dtype = np.dtype(dtype_name).newbyteorder("<")  # prepare 总是写小端序
-        _check_file_size(path, int(count) * dtype.itemsize)
-        return np.memmap(path, dtype=dtype, mode="r", shape=(int(count),))
+        """只读地映射数据目录里的一个文件（先核对文件大小，见 data/token_files.py）。"""
+        return open_memmap(self.data_dir / name, dtype_name, count, self.kind)
 
     def _read_index(self, stats: dict) -> np.ndarray:
         """索引只有“对话数 + 1”个 int64，直接读进内存（100 万段对话也才 8 MB）。"""
         path = self.data_dir / stats["index_file"]
-        _check_file_size(path, (self.num_conversations + 1) * INDEX_DTYPE.itemsize)
+        check_file_size(path, (self.num_conversations + 1) * INDEX_DTYPE.itemsize, self.kind)
         return np.fromfile(path, dtype=INDEX_DTYPE).astype(np.int64)
 
     def _check_layout(self, index: np.ndarray, shard_ends: np.ndarray) -> None:
@@ -136,8 +142,8 @@ class SFTData:
         if not ok:
             raise TowerGPTError(
                 f"{self.data_dir / self.meta[self.split]['index_file']}: 索引与分片对不上，数据目录可能损坏，"
-                f"请重新运行 towergpt data prepare --format sft"
-                f" / the index does not match the shards: run `towergpt data prepare --format sft` again"
+                f"请重新运行 {prepare_command(self.kind)}"
+                f" / the index does not match the shards: run `{prepare_command(self.kind)}` again"
             )
 
     # -- 取对话、组批 ---------------------------------------------------------
@@ -165,16 +171,7 @@ class SFTData:
 
         x 的空位补 pad_id，y 的空位补 -100；y 在非助手位置也是 -100（见模块开头）。
         """
-        width = int(self.lengths[indices].max()) - 1
-        inputs = np.full((len(indices), width), self.pad_id, dtype=np.int64)      # (B, T)
-        targets = np.full((len(indices), width), IGNORE_INDEX, dtype=np.int64)    # (B, T)
-        for row, index in enumerate(indices):
-            ids, mask = self.conversation(int(index))
-            ids = ids.astype(np.int64)
-            n = len(ids) - 1
-            inputs[row, :n] = ids[:-1]
-            # 第 i 个位置要预测 ids[i+1]；只有 ids[i+1] 是助手说的（mask 为 1）才算损失
-            targets[row, :n] = np.where(mask[1:] == 1, ids[1:], IGNORE_INDEX)
+        inputs, targets = pad_right([self.conversation(int(index)) for index in indices], self.pad_id)
         return torch.from_numpy(inputs), torch.from_numpy(targets)
 
     # -- 训练：按长度分组、打乱、按卡切分、可续训 --------------------------------
@@ -278,43 +275,42 @@ class SFTData:
                 f"conversations={self.num_conversations:,}, tokens={self.tokens:,}, rank={self.rank}/{self.world_size})")
 
 
-def _load_sft_meta(data_dir: Path, seq_len: int) -> dict:
-    """读 meta.json，确认它是对话数据、而且每段对话都放得进 seq_len。"""
+def pad_right(sequences: list[tuple[np.ndarray, np.ndarray]], pad_id: int) -> tuple[np.ndarray, np.ndarray]:
+    """把 N 条 (token id, 损失掩码) 右补齐成 (inputs, targets)，两个 int64 数组，形状都是 (N, T)。
+
+    T = 最长那条的 token 数 - 1。inputs 是每条去掉最后一个 token，空位补 pad_id；
+    targets 是错开一位的下一个 token，只在掩码为 1 的位置有值，其余位置和空位都是 -100。
+    """
+    width = max(len(ids) for ids, _ in sequences) - 1
+    inputs = np.full((len(sequences), width), pad_id, dtype=np.int64)      # (N, T)
+    targets = np.full((len(sequences), width), IGNORE_INDEX, dtype=np.int64)    # (N, T)
+    for row, (ids, mask) in enumerate(sequences):
+        ids = ids.astype(np.int64)
+        n = len(ids) - 1
+        inputs[row, :n] = ids[:-1]
+        # 第 i 个位置要预测 ids[i+1]；只有 ids[i+1] 算损失（mask 为 1：SFT 里是助手说的话，DPO 里是回答）才留下
+        targets[row, :n] = np.where(mask[1:] == 1, ids[1:], IGNORE_INDEX)
+    return inputs, targets
+
+
+def _load_record_meta(data_dir: Path, seq_len: int, kind: str) -> dict:
+    """读 meta.json，确认它是 kind 种数据（"sft" 或 "dpo"）、而且每条序列都放得进 seq_len。"""
     meta = load_meta(data_dir)
-    if meta.get("kind") == "pretrain":
+    found = meta.get("kind")
+    if found != kind:
+        found_zh, found_en = DATA_NAMES.get(found, (f"{found!r} 数据", f"{found!r} data"))
+        wanted_zh, wanted_en = DATA_NAMES[kind]
         raise TowerGPTError(
-            f"{data_dir} 是预训练数据（--format pretrain），对话微调需要对话数据："
-            f"towergpt data prepare --format sft --input 对话文件 --tokenizer 分词器 --out 目录"
-            f" / this is pretraining data; SFT needs dialogue data prepared with `towergpt data prepare --format sft`"
-        )
-    if meta.get("kind") != "sft":
-        raise TowerGPTError(
-            f"{data_dir}: 这是 {meta.get('kind')!r} 数据，对话微调需要 'sft'（prepare 时用 --format sft）"
-            f" / holds {meta.get('kind')!r} data, expected 'sft' (prepare with --format sft)"
+            f"{data_dir} 是{found_zh}，这里需要{wanted_zh}："
+            f"{prepare_command(kind)} --input 数据文件 --tokenizer 分词器 --out 目录"
+            f" / this is {found_en}; {wanted_en} is needed, prepared with `{prepare_command(kind)}`"
         )
     prepared = int(meta["max_seq_len"])
     if prepared > seq_len:
         raise TowerGPTError(
-            f"{data_dir} 是按 --max-seq-len {prepared} 准备的，对话最长 {prepared + 1} 个 token，"
-            f"放不进序列长度 {seq_len} 的模型；请用 --max-seq-len {seq_len} 重新运行 towergpt data prepare --format sft"
+            f"{data_dir} 是按 --max-seq-len {prepared} 准备的，每条序列最长 {prepared + 1} 个 token，"
+            f"放不进序列长度 {seq_len} 的模型；请用 --max-seq-len {seq_len} 重新运行 {prepare_command(kind)}"
             f" / the data was prepared with --max-seq-len {prepared}, longer than the model's {seq_len}:"
-            f" run `towergpt data prepare --format sft --max-seq-len {seq_len}` again"
+            f" run `{prepare_command(kind)} --max-seq-len {seq_len}` again"
         )
     return meta
-
-
-def _check_file_size(path: Path, expected: int) -> None:
-    """文件不见了或大小与 meta.json 记录的不符时，说清楚并建议重新 prepare。"""
-    if not path.is_file():
-        raise TowerGPTError(
-            f"{path}: 文件不见了，数据目录不完整，请重新运行 towergpt data prepare --format sft"
-            f" / file missing: the data directory is incomplete, run `towergpt data prepare --format sft` again"
-        )
-    actual = path.stat().st_size
-    if actual != expected:
-        state = "被截断了 / is truncated" if actual < expected else "比记录的大 / is larger than recorded"
-        raise TowerGPTError(
-            f"{path}: 文件大小 {actual:,} 字节，meta.json 记录应为 {expected:,} 字节，文件{state}；"
-            f"请重新运行 towergpt data prepare --format sft"
-            f" / file size {actual:,} bytes but meta.json expects {expected:,}: run `towergpt data prepare` again"
-        )

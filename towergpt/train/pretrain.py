@@ -18,13 +18,18 @@ from towergpt.train.distributed import is_main_process, rank_and_world
 from towergpt.train.loop import Trainer
 
 
-def language_model_objective(model, batch, device):
-    """(x, y) 都是 (B, T)：y 是 x 向左错一位。返回 (平均交叉熵, 本批 token 数)。"""
+def language_model_objective(model, batch, device, pad_id: int | None = None):
+    """(x, y) 都是 (B, T)：y 是 x 向左错一位，-100 的位置不计损失。返回 (平均交叉熵, 本批 token 数)。
+
+    预训练的批次没有 padding，token 数就是 B·T；SFT 的批次右补齐了 pad_id（见 train/sft.py），
+    给出 pad_id 时只数不是 pad 的 token，吞吐才不会被 padding 虚高。
+    """
     inputs, targets = batch
     inputs = inputs.to(device, non_blocking=True)
     targets = targets.to(device, non_blocking=True)
     _, loss = model(inputs, targets)
-    return loss, inputs.numel()
+    tokens = inputs.numel() if pad_id is None else int((inputs != pad_id).sum())
+    return loss, tokens
 
 
 def resolve_vocab_size(config: RunConfig, tokenizer) -> None:

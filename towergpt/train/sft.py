@@ -10,25 +10,22 @@
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 
 from towergpt.config import RunConfig
 from towergpt.errors import TowerGPTError
 from towergpt.train.distributed import is_main_process, rank_and_world
 from towergpt.train.loop import Trainer
+from towergpt.train.pretrain import language_model_objective
 
 
 def make_sft_objective(pad_id: int):
-    """SFT 的目标函数：与预训练相同的交叉熵（-100 的位置自动忽略），token 计数不含 padding。"""
+    """SFT 的目标函数：就是预训练的交叉熵（-100 的位置自动忽略），只是 token 计数不含 padding。
 
-    def objective(model, batch, device):
-        inputs, targets = batch
-        inputs = inputs.to(device, non_blocking=True)
-        targets = targets.to(device, non_blocking=True)
-        _, loss = model(inputs, targets)
-        return loss, int((inputs != pad_id).sum())
-
-    return objective
+    返回的函数仍是训练循环要的 objective(model, batch, device)，pad_id 已经“绑”在里面。
+    """
+    return functools.partial(language_model_objective, pad_id=pad_id)
 
 
 def load_initial_model(config: RunConfig, data_dir: Path):
