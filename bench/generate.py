@@ -7,6 +7,8 @@
 两边的贪心输出必须逐 token 相同，否则比较作废（脚本会报错退出）：相同的输出说明两边算的是同一件事，
 速度差只来自实现。批 8 时提示词长短不一，两边都用左 padding + attention_mask。
 每种批大小交替测 --rounds 轮取中位数；tokens/s = 批大小 × 新 token 数 / 秒；比值 = TowerGPT / transformers。
+floor 是“只做权重矩阵乘”的速度上限（见 weight_read_floor_s），max ratio = floor / transformers：
+任何实现对 transformers 的比值都不可能超过它。
 结果写进 bench/results/generate.json。
 """
 
@@ -51,6 +53,24 @@ def peer_generate(model, prompts: list[list[int]], new_tokens: int) -> list[list
     return out[:, width:].tolist()
 
 
+def weight_read_floor_s(model, batch: int, repeats: int = 50) -> float:
+    """下限：生成一个 token 至少要把每个权重矩阵读一遍、做一次 (batch × C) @ Wᵀ。
+
+    只计这些矩阵乘（不含注意力、归一化、采样），就是任何实现每个 token 的最短时间；
+    批 1 时它受内存带宽限制（读权重），与实现写得多好无关。
+    """
+    matrices = [p.detach() for p in model.parameters() if p.dim() == 2]
+    inputs = {m.shape[1]: torch.randn(batch, m.shape[1], dtype=m.dtype) for m in matrices}
+
+    def one_token():
+        for matrix in matrices:
+            inputs[matrix.shape[1]] @ matrix.t()
+
+    with torch.inference_mode():
+        one_token()
+        return timed(lambda: [one_token() for _ in range(repeats)]) / repeats
+
+
 def measure(ours, peer, config: GPTConfig, batch: int, args) -> dict:
     prompts = random_prompts(batch, config.vocab_size, args.seed)
     ours_out = ours_generate(ours, prompts, args.new_tokens)
@@ -67,6 +87,8 @@ def measure(ours, peer, config: GPTConfig, batch: int, args) -> dict:
                                lambda: timed(lambda: peer_generate(peer, prompts, args.new_tokens)), args.rounds)
     tokens = batch * args.new_tokens
     ours_tps, peer_tps = tokens / median(ours_s), tokens / median(peer_s)
+    floor_tps = batch / weight_read_floor_s(peer, batch)
+    row |= {"weight_read_floor_tok_s": floor_tps, "max_possible_ratio": floor_tps / peer_tps}
     return row | {"towergpt_tok_s": ours_tps, "transformers_tok_s": peer_tps, "ratio": ours_tps / peer_tps,
             "rounds_s": {"towergpt": ours_s, "transformers": peer_s}}
 
@@ -107,9 +129,11 @@ def main(argv=None) -> None:
               f"{row['transformers_tok_s']:,.0f} tok/s, ratio {row['ratio']:.2f}", flush=True)
 
     print()
-    print_table(["batch", "dtype", "compile", "new tokens", "greedy match", "TowerGPT tok/s", "transformers tok/s", "ratio"],
+    print_table(["batch", "dtype", "compile", "new tokens", "greedy match", "TowerGPT tok/s", "transformers tok/s",
+                 "ratio", "floor tok/s", "max ratio"],
                 [[r["batch"], r["dtype"], r["compile"], r["new_tokens"], r["greedy_outputs_match"], r["towergpt_tok_s"],
-                  r["transformers_tok_s"], r["ratio"]] for r in results])
+                  r["transformers_tok_s"], r["ratio"], r.get("weight_read_floor_tok_s", float("nan")),
+                  r.get("max_possible_ratio", float("nan"))] for r in results])
     write_report(args.out, {"benchmark": "generate", "machine": machine_info(), "shape": config.to_dict(),
                             "args": vars(args), "results": results})
 
