@@ -4,7 +4,8 @@
     python bench/prepare.py --sizes-mb 10,200 --workers 2
 
 量了什么：
-    baseline_mb_s   基线：单进程、单线程逐篇 Tokenizer.encode 的速度（MB/s，按 UTF-8 字节算）
+    baseline_mb_s   基线：单进程、单线程逐篇 Tokenizer.encode 的速度（MB/s，按 UTF-8 字节算；
+                    在每次 prepare 之前和之后各量一次取平均）
     prepare_mb_s    `towergpt data prepare --workers N` 整条命令（读 JSON、分词、写分片）的速度
     efficiency      prepare_mb_s / (N × baseline_mb_s)：目标 ≥ 0.8
     peak_rss_mb     整个进程树（主进程 + 分词子进程）常驻内存之和的峰值：目标 < 500 MB，且不随语料变大
@@ -121,11 +122,13 @@ def main(argv=None) -> None:
             write_corpus(path, size, args.seed)
         smallest = corpora[min(sizes)]
         tokenizer = train_tokenizer([smallest], vocab_size=8000, out_dir=work / "tokenizer", max_sentences=200_000)
-        baseline = single_process_speed(tokenizer, smallest)
-        print(f"基线 / baseline: 单进程 encode {baseline:.1f} MB/s", flush=True)
         for size, path in corpora.items():
             mb = path.stat().st_size / 2 ** 20
+            # 基线在每次 prepare 的前后各量一次取平均：共享机器的速度会漂移，前后夹住才公平
+            before = single_process_speed(tokenizer, smallest)
             measured = run_prepare(path, work / "tokenizer", work / f"data_{size:g}", args.workers)
+            baseline = (before + single_process_speed(tokenizer, smallest)) / 2
+            print(f"基线 / baseline: 单进程 encode {baseline:.1f} MB/s", flush=True)
             speed = mb / measured["seconds"]
             results.append({"corpus_mb": round(mb, 1), "workers": args.workers, "prepare_mb_s": speed,
                             "baseline_mb_s": baseline, "efficiency": speed / (args.workers * baseline),
