@@ -221,3 +221,46 @@ def test_checkpoint_loads_through_the_public_api(tmp_path, monkeypatch):
     model, _ = load(tmp_path / "run")
     for name, tensor in trainer.model.state_dict().items():
         assert torch.equal(model.state_dict()[name], tensor), name
+
+
+class MaskedRows:
+    """同一组 8 行、带不同长度 -100 掩码的“对话”批次，按给定的微批次大小依次切开（例如 [3, 5]）。"""
+
+    def __init__(self, sizes):
+        generator = torch.Generator().manual_seed(0)
+        self.inputs = torch.randint(4, VOCAB, (8, SEQ), generator=generator)
+        self.targets = torch.randint(4, VOCAB, (8, SEQ), generator=generator)
+        for row, answer in enumerate([1, 2, 3, 8, 12, 5, 16, 4]):   # 每行只有最后 answer 个位置有标签
+            self.targets[row, :SEQ - answer] = -100
+        self.sizes, self.calls = sizes, 0
+
+    def next_batch(self, batch_size):
+        start = sum(self.sizes[:self.calls])
+        self.calls += 1
+        rows = slice(start, start + self.sizes[self.calls - 1])
+        return self.inputs[rows], self.targets[rows]
+
+    def state_dict(self):
+        return {}
+
+
+def test_accumulated_masked_batches_equal_one_big_batch(tmp_path):
+    """SFT 的微批次按目标 token 数加权：[3, 5] 累积与一次 8 行的更新相同（按“除以 grad_accum”就对不上）。"""
+
+    def one_step(sizes):
+        config = make_config(tmp_path / "x".join(map(str, sizes)), micro_batch_size=max(sizes), grad_accum=len(sizes))
+        # eps 很大：Adam 第一步的更新 ≈ lr·g/eps，与梯度成正比，能看出梯度的大小而不只是符号
+        for key, value in dict(lr=1.0, min_lr=1.0, warmup_steps=0, weight_decay=0.0, grad_clip=0.0, eps=10.0).items():
+            setattr(config.optim, key, value)
+        config.model.dropout = 0.0
+        torch.manual_seed(0)
+        trainer = Trainer(config, GPT(config.model), NullTokenizer(), language_model_objective, MaskedRows(sizes))
+        row = trainer.train_step(1)
+        return trainer.model, row
+
+    big, big_row = one_step([8])
+    for sizes in ([4, 4], [3, 5]):
+        small, row = one_step(sizes)
+        for (name, p), q in zip(small.named_parameters(), big.parameters()):
+            assert torch.allclose(p, q, rtol=1e-5, atol=1e-6), (sizes, name)
+        assert row["loss"] == pytest.approx(big_row["loss"], rel=1e-5)

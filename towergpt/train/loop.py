@@ -21,9 +21,11 @@
 训练数据的接口：next_batch(batch_size)、state_dict()、load_state_dict()。
 验证数据的接口：iter_eval_batches(batch_size, max_batches)、characters_per_token。
 
-权重：loss 是一个微批次里若干“单位”上的平均。语言模型的单位是 token，每个微批次权重相同，
-即除以 grad_accum（与原来的做法一致）。DPO 的批次是 dict，带 "pairs"（这批有几对）：
-它的损失是每对一个数的平均，权重 = 本批对数 / 这一步的总对数——哪怕 epoch 末的批次不满，
+权重：loss 是一个微批次里若干“单位”上的平均，权重 = 本批单位数 / 这一步的总单位数。
+语言模型的单位是参与损失的目标 token：预训练每个微批次一样多，就是“除以 grad_accum”；
+SFT 里每批助手的 token 数各不相同，按 token 数加权才等于“把所有微批次拼成一个大批次”的平均
+（简单地除以 grad_accum 会让 token 少的批次里每个 token 分量更重）。DPO 的批次是 dict，带 "pairs"
+（这批有几对）：损失是每对一个数的平均，单位是对——哪怕 epoch 末的批次不满，
 累积 N 个微批次的梯度也恰好等于“一次算完所有对”的大批次梯度。
 """
 
@@ -162,8 +164,8 @@ class Trainer:
             # 于是不等拷贝完成就返回，GPU 算上一个微批次时，下一个微批次已经在路上。
             # 取批次本身只是从内存映射的分片里切几行 token（微秒级），不需要再开后台线程预取。
             batches = [_pinned(batch) for batch in batches]
-        weights = [_pair_count(batch) or 1 for batch in batches]
-        total_weight = sum(weights)
+        weights = [_loss_weight(batch) for batch in batches]
+        total_weight = max(sum(weights), 1)
         loss_sum = torch.zeros((), device=self.device)
         metric_sums: dict[str, torch.Tensor] = {}
         tokens = 0
@@ -248,9 +250,8 @@ class Trainer:
             with precision.autocast(self.device, self.dtype):
                 loss, _, metrics = _unpack(self.objective(eval_model, batch, self.device))
             # 按损失“平均的单位”加权：语言模型按目标 token 数，DPO 按偏好对数
-            pairs = _pair_count(batch)
-            pair_batches = pair_batches or pairs is not None
-            weight = pairs if pairs is not None else _count_targets(batch)
+            pair_batches = pair_batches or _pair_count(batch) is not None
+            weight = _loss_weight(batch)
             loss_total += loss.item() * weight
             weight_total += weight
             for name, value in metrics.items():
@@ -379,6 +380,12 @@ def _pinned(batch):
     if isinstance(batch, dict):
         return {key: _pinned(value) for key, value in batch.items()}
     return batch
+
+
+def _loss_weight(batch) -> int:
+    """这个微批次的损失是多少个“单位”上的平均：DPO 是偏好对数，语言模型是参与损失的目标 token 数。"""
+    pairs = _pair_count(batch)
+    return pairs if pairs is not None else _count_targets(batch)
 
 
 def _pair_count(batch) -> int | None:
