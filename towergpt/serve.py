@@ -33,6 +33,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model-name", default=None,
                         help="API 里的模型名，默认取检查点所在运行目录的名字 / model id in the API")
     parser.add_argument("--device", default="auto", help="cpu / cuda / mps / auto")
+    parser.add_argument("--compile", action="store_true",
+                        help="用 torch.compile 加速逐 token 生成（启动后第一个请求要等编译，约半分钟）"
+                             " / compile the model for decoding")
     parser.add_argument("--max-active", type=int, default=8,
                         help="同时生成的序列数（轮流各生成 1 个 token）/ sequences generated concurrently")
     parser.add_argument("--max-waiting", type=int, default=32,
@@ -67,6 +70,10 @@ def main(args: argparse.Namespace) -> None:
     )
     settings.check()
     model, tokenizer = load(args.ckpt, pick_device(args.device))
+    if args.compile:
+        from towergpt.generate import compile_for_decoding
+
+        model = compile_for_decoding(model)
     app = create_app(model, tokenizer, settings)
 
     if not is_loopback(args.host) and settings.api_key is None:
