@@ -139,3 +139,18 @@ def test_invalid_config_is_rejected(bad):
     settings.update(bad)
     with pytest.raises(ValueError):
         GPTConfig(**settings)
+
+
+def test_repeat_kv_matches_the_grouped_attention_kernel():
+    """GPU 上有掩码或 fp32 时改走“先复制键值”的路径：它与 enable_gqa 的结果必须相同（相邻的查询头共用一组）。"""
+    import torch.nn.functional as F
+
+    from towergpt.model import repeat_kv
+
+    generator = torch.Generator().manual_seed(0)
+    q = torch.randn(2, 6, 10, 8, generator=generator)
+    k, v = torch.randn(2, 2, 10, 8, generator=generator), torch.randn(2, 2, 10, 8, generator=generator)
+    grouped = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=True)
+    repeated = F.scaled_dot_product_attention(q, repeat_kv(k, 3), repeat_kv(v, 3), is_causal=True)
+    assert torch.allclose(grouped, repeated, atol=1e-6)
+    assert torch.equal(repeat_kv(k, 3)[:, 3:6], k[:, 1:2].expand(2, 3, 10, 8))

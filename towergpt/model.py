@@ -156,6 +156,12 @@ class KVCache:
 # 4. 因果自注意力（支持 GQA、padding 掩码、KV 缓存）
 # ---------------------------------------------------------------------------
 
+def repeat_kv(x: torch.Tensor, repeats: int) -> torch.Tensor:
+    """(B, Hkv, S, D) → (B, Hkv·repeats, S, D)：每组键值复制给组内的每个查询头（相邻的头共用一组）。"""
+    B, Hkv, S, D = x.shape
+    return x[:, :, None].expand(B, Hkv, repeats, S, D).reshape(B, Hkv * repeats, S, D)
+
+
 class CausalSelfAttention(nn.Module):
     """每个位置只能“回头看”自己和之前的位置。
 
@@ -192,11 +198,16 @@ class CausalSelfAttention(nn.Module):
         if kv_cache is not None:
             k, v = kv_cache.update(layer, k, v)                          # (B, Hkv, S, D)
 
+        # GQA：每组键值要给组内 H/Hkv 个查询头共用。SDPA 的 enable_gqa=True 直接按组去读同一份 k、v，
+        # 不必先把它们复制成 (B, H, S, D)（复制既占内存，反向时还要把梯度加回去）。
+        # 但 GPU 上只有 flash 内核支持它，而 flash 只接受 fp16/bf16、不接受显式掩码：那些情况下
+        # PyTorch 会悄悄退回最慢的朴素实现，不如先复制键值再走融合内核（与 Hugging Face 的做法相同）。
+        gqa = {}
         if self.n_kv_head != self.n_head:
-            # GQA：把每组键值复制给组内的每个查询头，形状对齐成 (B, H, S, D)
-            repeats = self.n_head // self.n_kv_head
-            k = k.repeat_interleave(repeats, dim=1)
-            v = v.repeat_interleave(repeats, dim=1)
+            if q.device.type == "cpu" or (mask is None and q.dtype in (torch.float16, torch.bfloat16)):
+                gqa = {"enable_gqa": True}
+            else:
+                k, v = repeat_kv(k, self.n_head // self.n_kv_head), repeat_kv(v, self.n_head // self.n_kv_head)
 
         # softmax(q·kᵀ/√D + 掩码) · v。PyTorch 的融合实现（flash / memory-efficient）
         # 不会真的造出 (T, S) 的注意力矩阵，又快又省内存。
@@ -207,6 +218,7 @@ class CausalSelfAttention(nn.Module):
             attn_mask=mask,
             is_causal=is_causal,
             dropout_p=self.dropout if self.training else 0.0,
+            **gqa,
         )                                                                # (B, H, T, D)
         y = y.transpose(1, 2).contiguous().view(B, T, C)                 # 各头拼回 (B, T, C)
         return self.resid_dropout(self.out_proj(y))
