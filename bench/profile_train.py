@@ -54,6 +54,8 @@ def profile_steps(step, steps: int) -> dict[str, float]:
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--dtype", default="bf16", choices=["fp32", "bf16"])
+    parser.add_argument("--preset", default=None, help="用预设（tiny / small / base）的模型形状，词表用 --vocab")
+    parser.add_argument("--vocab", type=int, default=8000)
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--seq", type=int, default=256)
     parser.add_argument("--steps", type=int, default=3)
@@ -61,7 +63,12 @@ def main(argv=None) -> None:
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
 
-    config = GPTConfig(vocab_size=8000, n_layer=6, n_head=6, n_kv_head=6, d_model=384, max_seq_len=args.seq)
+    if args.preset:
+        from train_throughput import shape_from_args
+
+        config = shape_from_args(args)
+    else:
+        config = GPTConfig(vocab_size=args.vocab, n_layer=6, n_head=6, n_kv_head=6, d_model=384, max_seq_len=args.seq)
     ours, peer = model_pair(config)
     tokens = torch.randint(0, config.vocab_size, (args.batch, args.seq + 1), generator=torch.Generator().manual_seed(0))
     batch = (tokens[:, :-1], tokens[:, 1:])
