@@ -72,12 +72,17 @@ def main(argv=None) -> None:
     ours, peer = model_pair(config)
     tokens = torch.randint(0, config.vocab_size, (args.batch, args.seq + 1), generator=torch.Generator().manual_seed(0))
     batch = (tokens[:, :-1], tokens[:, 1:])
-    results = {}
+    steps = {}
     for name, model, loss_fn in (("TowerGPT", ours, ours_loss), ("transformers", peer, peer_loss)):
-        step = make_step(model.train(), loss_fn, batch, args.dtype, "cpu")
+        steps[name] = make_step(model.train(), loss_fn, batch, args.dtype, "cpu")
         for _ in range(2):
-            step()
-        results[name] = profile_steps(step, args.steps)
+            steps[name]()
+    # 两边一步一步交替地测（A B A B …），再把各自的毫秒数平均：机器忽快忽慢时两边吃到同样的噪声
+    results = {name: defaultdict(float) for name in steps}
+    for _ in range(args.steps):
+        for name, step in steps.items():
+            for category, ms in profile_steps(step, 1).items():
+                results[name][category] += ms / args.steps
 
     categories = sorted({c for r in results.values() for c in r}, key=lambda c: -results["TowerGPT"].get(c, 0))
     print(f"| category ({args.dtype}, ms/step) | TowerGPT | transformers |")
