@@ -311,6 +311,18 @@ def test_export_refuses_non_empty_out_dir(checkpoint, tmp_path, capsys):
     assert not list(tmp_path.glob(".hf.*"))  # 临时目录已改名，没有残留
 
 
+def test_overwrite_never_deletes_the_input(checkpoint, hf_copy, tmp_path):
+    """--overwrite 会整个删掉旧的输出目录：输入（检查点、HF 模型）在它里面时必须拒绝，而且什么都不删。"""
+    run_dir = tmp_path / "run"
+    shutil.copytree(checkpoint, run_dir / "checkpoints" / "step_00000001")
+    with pytest.raises(TowerGPTError, match="lies inside the output directory"):
+        export_hf(run_dir / "checkpoints" / "step_00000001", run_dir, overwrite=True)
+    assert (run_dir / "checkpoints" / "step_00000001" / "model.safetensors").is_file()
+    with pytest.raises(TowerGPTError, match="lies inside the output directory"):
+        import_hf(hf_copy, hf_copy, overwrite=True)
+    assert (hf_copy / "model.safetensors").is_file()
+
+
 def test_export_rejects_what_llama_cannot_express(tokenizer):
     config = GPTConfig(vocab_size=tokenizer.vocab_size, n_layer=1, n_head=2, n_kv_head=2, d_model=32).to_dict()
     with pytest.raises(TowerGPTError, match="qk_norm"):

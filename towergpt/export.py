@@ -26,12 +26,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import shutil
-import tempfile
 from pathlib import Path
 
 from towergpt.errors import TowerGPTError
+from towergpt.output_dir import apply_umask, check_out_dir, make_staging_dir, replace_dir
 
 DTYPES = ("float32", "bfloat16", "float16")
 
@@ -58,8 +57,8 @@ def export_hf(ckpt: str | Path, out: str | Path, dtype: str = "float32", overwri
     if dtype not in DTYPES:
         raise TowerGPTError(f"--dtype {dtype!r} 不支持，可选 / choose one of: {', '.join(DTYPES)}")
     out = Path(out)
-    check_out_dir(out, overwrite, "--out")
     directory = resolve_checkpoint(ckpt)
+    check_out_dir(out, overwrite, "--out", inputs=[directory])
     model, tokenizer = load(directory)
     staging = make_staging_dir(out)
     try:
@@ -84,7 +83,7 @@ def write_hf_files(model, tokenizer, tokenizer_model_bytes: bytes, out: Path, dt
     tensors = to_llama_tensors(model.state_dict(), config)
     tensors = {name: tensor.to(getattr(torch, dtype)) for name, tensor in tensors.items()}
     save_file(tensors, str(out / "model.safetensors"), metadata={"format": "pt"})  # format=pt：transformers 要求
-    _apply_umask(out / "model.safetensors")
+    apply_umask(out / "model.safetensors")
     _write_json(out / "config.json", hf_config)
     _write_json(out / "generation_config.json", {
         "bos_token_id": tokenizer.bos_id,
@@ -102,42 +101,6 @@ def write_tokenizer_files(tokenizer, tokenizer_model_bytes: bytes, max_length: i
     (out / "tokenizer.model").write_bytes(tokenizer_model_bytes)
     _write_json(out / "tokenizer_config.json", tokenizer_config(max_length, tokenizer.fingerprint))
     _write_json(out / "special_tokens_map.json", special_tokens_map())
-
-
-def check_out_dir(out: Path, overwrite: bool, flag: str) -> None:
-    """输出目录必须不存在或为空；非空时只有 --overwrite 才替换（绝不悄悄覆盖别人的文件）。"""
-    if out.exists() and not out.is_dir():
-        raise TowerGPTError(f"{out} 已存在且不是目录 / exists and is not a directory ({flag})")
-    if out.is_dir() and any(out.iterdir()) and not overwrite:
-        raise TowerGPTError(
-            f"{out} 不是空目录；要替换它请加 --overwrite / is not empty: add --overwrite to replace it ({flag})"
-        )
-
-
-def replace_dir(staging: Path, out: Path) -> None:
-    """把写好的临时目录改名为 out；out 已存在（空目录，或 --overwrite）就先删掉。"""
-    if out.exists():
-        shutil.rmtree(out)
-    staging.rename(out)
-
-
-def make_staging_dir(out: Path) -> Path:
-    """在 out 旁边建一个临时目录（同一个文件系统，最后改名才是瞬间完成的）。"""
-    parent = out.absolute().parent
-    try:
-        parent.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=parent))
-    except OSError as error:
-        raise TowerGPTError(f"{parent}: 无法创建输出目录 / cannot create: {error.strerror or error}") from None
-    _apply_umask(staging, directory=True)
-    return staging
-
-
-def _apply_umask(path: Path, directory: bool = False) -> None:
-    """mkdtemp 和 safetensors 只给自己读写权限（0700 / 0600）；改回普通文件应有的权限（按 umask）。"""
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(path, (0o777 if directory else 0o666) & ~umask)
 
 
 def _write_json(path: Path, content: dict) -> None:

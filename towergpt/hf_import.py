@@ -23,8 +23,6 @@ from pathlib import Path
 
 from towergpt.errors import TowerGPTError
 
-STEP_DIR = "step_00000000"
-
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--from-hf", required=True, dest="from_hf", help="HF 模型目录 / Hugging Face model dir")
@@ -44,14 +42,15 @@ def import_hf(source: str | Path, out: str | Path, max_seq_len: int | None = Non
     """读 HF Llama 目录，写出 TowerGPT 运行目录，返回它。"""
     from towergpt.checkpoint import LATEST_FILE, save_model_files
     from towergpt.config import RunConfig, save_config
-    from towergpt.export import check_out_dir, make_staging_dir, replace_dir
+    from towergpt.output_dir import check_out_dir, make_staging_dir, replace_dir
+    from towergpt.train.checkpointing import checkpoint_name
 
     source, out = Path(source), Path(out)
     if not source.is_dir():
         raise TowerGPTError(f"找不到 HF 模型目录 / Hugging Face model dir not found: {source} (--from-hf)")
     if max_seq_len is not None and max_seq_len < 1:
         raise TowerGPTError(f"--max-seq-len 必须是正整数 / must be positive, got {max_seq_len}")
-    check_out_dir(out, overwrite, "--out")
+    check_out_dir(out, overwrite, "--out", inputs=[source])
     tokenizer = read_tokenizer(source)
     model = read_model(source, max_seq_len)
     if tokenizer.vocab_size > model.config.vocab_size:
@@ -62,8 +61,9 @@ def import_hf(source: str | Path, out: str | Path, max_seq_len: int | None = Non
     staging = make_staging_dir(out)
     try:
         checkpoints = staging / "checkpoints"
-        save_model_files(model, tokenizer, checkpoints / STEP_DIR)
-        (checkpoints / LATEST_FILE).write_text(STEP_DIR + "\n", encoding="utf-8")
+        step_dir = checkpoint_name(0)   # 与训练写出的第 0 步检查点同名：checkpoints/step_00000000
+        save_model_files(model, tokenizer, checkpoints / step_dir)
+        (checkpoints / LATEST_FILE).write_text(step_dir + "\n", encoding="utf-8")
         run_config = RunConfig(model=model.config)
         run_config.train.out_dir = str(out)
         save_config(run_config, staging / "config.yaml")

@@ -79,6 +79,7 @@ from typing import Callable, Iterator, Sequence
 import numpy as np
 
 from towergpt.errors import TowerGPTError
+from towergpt.output_dir import check_out_dir, replace_dir
 
 # ---------------------------------------------------------------------------
 # 常量
@@ -406,7 +407,9 @@ def _start_job(inputs, tokenizer_dir, out_dir, workers, val_fraction, shard_toke
     paths = [check_input(path) for path in inputs] if inputs else []
     _check_args(paths, workers, val_fraction, shard_tokens)
     out_dir = Path(out_dir)
-    _check_out_dir(out_dir, overwrite, paths, Path(tokenizer_dir))
+    # 替换时只替换“以前 prepare 写出的目录”（有 meta.json），且语料和分词器不能在里面：
+    # 手一滑写成 `--out ~ --overwrite`，或语料就在 --out 里，--overwrite 都会把它们整个删掉
+    check_out_dir(out_dir, overwrite, "--out", inputs=[*paths, Path(tokenizer_dir)], marker=META_FILE)
     tokenizer = Tokenizer.load(tokenizer_dir)
     return _Job(paths, tokenizer, Path(tokenizer_dir), out_dir, workers or os.cpu_count() or 1)
 
@@ -424,7 +427,7 @@ def _run_job(job: _Job, write: Callable[[Path], dict], verbose: bool) -> dict:
     try:
         temporary.mkdir(parents=True)
         meta = write(temporary)
-        _publish(temporary, out_dir)
+        replace_dir(temporary, out_dir)
     except OSError as err:  # 没有写权限、磁盘满……：说清楚是哪个文件，而不是抛 traceback
         shutil.rmtree(temporary, ignore_errors=True)
         raise TowerGPTError(f"{err.filename or out_dir}: 读写失败 / I/O error: {err.strerror or err}") from None
@@ -453,42 +456,6 @@ def _check_args(paths: list[Path], workers, val_fraction: float, shard_tokens: i
         )
     if shard_tokens < 1:
         raise TowerGPTError(f"shard_tokens 必须是正整数 / must be positive, got {shard_tokens}")
-
-
-def _check_out_dir(out_dir: Path, overwrite: bool, inputs: list[Path], tokenizer_dir: Path) -> None:
-    """out_dir 非空时拒绝覆盖；允许覆盖时也只替换“以前 prepare 写出的目录”，且不能含有输入文件。
-
-    `--overwrite` 会删掉整个旧目录。如果用户手一滑写成 `--out ~ --overwrite`，
-    或者 `--out data --overwrite` 而语料就在 data/ 里面，后果不堪设想，所以多检查两步。
-    """
-    if out_dir.exists() and not out_dir.is_dir():
-        raise TowerGPTError(f"{out_dir} 已存在且不是目录 / exists and is not a directory (--out)")
-    if not out_dir.is_dir() or not any(out_dir.iterdir()):
-        return
-    if not overwrite:
-        raise TowerGPTError(
-            f"输出目录 {out_dir} 已存在且不是空的；换一个 --out，或加 --overwrite 替换它"
-            f" / output directory exists and is not empty: choose another --out or add --overwrite"
-        )
-    if not (out_dir / META_FILE).is_file():
-        raise TowerGPTError(
-            f"{out_dir} 不是 `data prepare` 写出的目录（没有 {META_FILE}），为安全起见不会删除它"
-            f" / is not a prepared data directory (no {META_FILE}); refusing to replace it"
-        )
-    resolved = out_dir.resolve()
-    for path in [*inputs, tokenizer_dir]:
-        if resolved == path.resolve() or resolved in path.resolve().parents:
-            raise TowerGPTError(
-                f"{path} 在输出目录 {out_dir} 里面，--overwrite 会把它删掉；请换一个 --out"
-                f" / lies inside the output directory, which --overwrite would delete: choose another --out"
-            )
-
-
-def _publish(temporary: Path, out_dir: Path) -> None:
-    """把写好的临时目录改名为 out_dir（若有旧目录，已在开头确认可以替换）。"""
-    if out_dir.exists():
-        shutil.rmtree(out_dir)
-    os.replace(temporary, out_dir)
 
 
 def _common_meta(job: _Job, kind: str, dtype: np.dtype, val_fraction: float, seed: int, shard_tokens: int) -> dict:
