@@ -19,7 +19,8 @@ import os
 
 import torch
 
-from peers import alternate, machine_info, median, model_pair, print_table, timed, write_report
+from peers import (add_shape_args, alternate, machine_info, median, model_pair, print_table, shape_from_args,
+                   timed, write_report)
 from towergpt.generate import compile_for_decoding, generate, generate_batch_greedy
 from towergpt.model import GPTConfig
 
@@ -95,12 +96,7 @@ def measure(ours, peer, config: GPTConfig, batch: int, args) -> dict:
 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--layers", type=int, default=6)
-    parser.add_argument("--d-model", type=int, default=384)
-    parser.add_argument("--heads", type=int, default=6)
-    parser.add_argument("--kv-heads", type=int, default=6)
-    parser.add_argument("--vocab", type=int, default=8000)
-    parser.add_argument("--seq", type=int, default=256, help="模型的上下文长度（须容下提示词 + 新 token）")
+    add_shape_args(parser, seq_help="模型的上下文长度（须容下提示词 + 新 token）")
     parser.add_argument("--new-tokens", type=int, default=200)
     parser.add_argument("--batches", default="1,8", help="逗号分隔的批大小")
     parser.add_argument("--threads", type=int, default=os.cpu_count())
@@ -112,8 +108,7 @@ def main(argv=None) -> None:
     args = parser.parse_args(argv)
 
     torch.set_num_threads(args.threads)
-    config = GPTConfig(vocab_size=args.vocab, n_layer=args.layers, n_head=args.heads, n_kv_head=args.kv_heads,
-                       d_model=args.d_model, max_seq_len=args.seq)
+    config = shape_from_args(args)
     ours, peer = model_pair(config, seed=args.seed)
     dtype = torch.bfloat16 if args.dtype == "bf16" else torch.float32
     ours.to(dtype).eval()

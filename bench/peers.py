@@ -53,6 +53,30 @@ def model_pair(config: GPTConfig, seed: int = 0):
     return ours, peer
 
 
+def add_shape_args(parser, seq_help: str = "序列长度（也是模型的上下文长度）") -> None:
+    """各 bench 脚本共用的模型形状参数；默认是 6 层、384 宽、6 头、词表 8000、序列 256。"""
+    parser.add_argument("--preset", default=None, help="用预设（tiny / small / base）的模型形状，词表用 --vocab")
+    parser.add_argument("--layers", type=int, default=6)
+    parser.add_argument("--d-model", type=int, default=384)
+    parser.add_argument("--heads", type=int, default=6)
+    parser.add_argument("--kv-heads", type=int, default=6)
+    parser.add_argument("--vocab", type=int, default=8000)
+    parser.add_argument("--seq", type=int, default=256, help=seq_help)
+
+
+def shape_from_args(args) -> GPTConfig:
+    """--preset 给出模型形状（词表用 --vocab，序列用 --seq）；否则用各个单独的尺寸参数。"""
+    if args.preset:
+        from towergpt.config import load_config
+
+        model = load_config(args.preset, []).model
+        return GPTConfig(vocab_size=args.vocab, n_layer=model.n_layer, n_head=model.n_head,
+                         n_kv_head=model.n_kv_head, d_model=model.d_model, ffn_hidden=model.ffn_hidden,
+                         max_seq_len=args.seq)
+    return GPTConfig(vocab_size=args.vocab, n_layer=args.layers, n_head=args.heads, n_kv_head=args.kv_heads,
+                     d_model=args.d_model, max_seq_len=args.seq)
+
+
 def alternate(measure_a, measure_b, rounds: int) -> tuple[list[float], list[float]]:
     """交替调用两个计时函数 rounds 轮（a b a b ...），返回两串结果。"""
     results_a, results_b = [], []

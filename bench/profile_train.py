@@ -16,9 +16,8 @@ from collections import defaultdict
 import torch
 from torch.profiler import ProfilerActivity, profile
 
-from peers import model_pair
+from peers import add_shape_args, model_pair, shape_from_args
 from train_throughput import make_step, ours_loss, peer_loss
-from towergpt.model import GPTConfig
 
 # 算子名（aten::xxx）→ 类别；没列出的归为“其他逐元素”
 CATEGORIES = {
@@ -54,21 +53,14 @@ def profile_steps(step, steps: int) -> dict[str, float]:
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--dtype", default="bf16", choices=["fp32", "bf16"])
-    parser.add_argument("--preset", default=None, help="用预设（tiny / small / base）的模型形状，词表用 --vocab")
-    parser.add_argument("--vocab", type=int, default=8000)
+    add_shape_args(parser)
     parser.add_argument("--batch", type=int, default=8)
-    parser.add_argument("--seq", type=int, default=256)
     parser.add_argument("--steps", type=int, default=3)
     parser.add_argument("--threads", type=int, default=os.cpu_count())
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
 
-    if args.preset:
-        from train_throughput import shape_from_args
-
-        config = shape_from_args(args)
-    else:
-        config = GPTConfig(vocab_size=args.vocab, n_layer=6, n_head=6, n_kv_head=6, d_model=384, max_seq_len=args.seq)
+    config = shape_from_args(args)
     ours, peer = model_pair(config)
     tokens = torch.randint(0, config.vocab_size, (args.batch, args.seq + 1), generator=torch.Generator().manual_seed(0))
     batch = (tokens[:, :-1], tokens[:, 1:])

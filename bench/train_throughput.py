@@ -21,8 +21,9 @@ import os
 import torch
 import torch.nn.functional as F
 
-from peers import alternate, machine_info, median, model_pair, print_table, timed, write_report
-from towergpt.model import GPTConfig
+from peers import (add_shape_args, alternate, machine_info, median, model_pair, print_table, shape_from_args,
+                   timed, write_report)
+from towergpt.model import GPT, GPTConfig
 
 
 def ours_loss(model, inputs, targets):
@@ -91,34 +92,13 @@ def measure(config: GPTConfig, args, dtype: str) -> dict:
 
 
 def model_flops_per_token(config: GPTConfig) -> int:
-    from towergpt.model import GPT
-
     with torch.device("meta"):   # 只为数参数：在 meta 设备上建模型，不分配内存
         return GPT(config).flops_per_token(config.max_seq_len)
 
 
-def shape_from_args(args) -> GPTConfig:
-    """--preset 给出模型形状（词表用 --vocab，序列用 --seq）；否则用各个单独的尺寸参数。"""
-    if args.preset:
-        from towergpt.config import load_config
-
-        model = load_config(args.preset, []).model
-        return GPTConfig(vocab_size=args.vocab, n_layer=model.n_layer, n_head=model.n_head,
-                         n_kv_head=model.n_kv_head, d_model=model.d_model, ffn_hidden=model.ffn_hidden,
-                         max_seq_len=args.seq)
-    return GPTConfig(vocab_size=args.vocab, n_layer=args.layers, n_head=args.heads, n_kv_head=args.kv_heads,
-                     d_model=args.d_model, max_seq_len=args.seq)
-
-
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--preset", default=None, help="用预设（tiny / small / base）的模型形状")
-    parser.add_argument("--layers", type=int, default=6)
-    parser.add_argument("--d-model", type=int, default=384)
-    parser.add_argument("--heads", type=int, default=6)
-    parser.add_argument("--kv-heads", type=int, default=6)
-    parser.add_argument("--vocab", type=int, default=8000)
-    parser.add_argument("--seq", type=int, default=256)
+    add_shape_args(parser)
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--dtypes", default="fp32,bf16", help="逗号分隔：fp32,bf16")
     parser.add_argument("--compile", action="store_true", help="两边都 torch.compile")
