@@ -157,7 +157,8 @@ class Trainer:
         lr = learning_rate(step, optim, train.max_steps)
         set_learning_rate(self.optimizer, lr)
 
-        # 先取出这一步的全部微批次（只是 token id，很小）：知道总对数才能给每个微批次定权重（见模块开头）
+        # 先取出这一步的全部微批次（只是 token id，很小）：知道总单位数（目标 token 或偏好对）
+        # 才能给每个微批次定权重（见模块开头）
         batches = [self.train_data.next_batch(train.micro_batch_size) for _ in range(train.grad_accum)]
         if self.device.type == "cuda":
             # 锁页内存（pinned）里的张量才能真正异步地拷到 GPU：目标函数里的 .to(device, non_blocking=True)
@@ -176,7 +177,7 @@ class Trainer:
                 with precision.autocast(self.device, self.dtype):
                     loss, batch_tokens, metrics = _unpack(self.objective(self.forward_model, batch, self.device))
                 # 乘 weight / total_weight：各微批次的平均按单位数加权，相加后等于大批次的平均；
-                # 语言模型的权重都是 1，这就是“除以 grad_accum”
+                # 预训练每个微批次的目标 token 一样多，这就是“除以 grad_accum”
                 self.scaler.scale(loss * weight / total_weight).backward()
             loss_sum += loss.detach() * weight
             for name, value in metrics.items():
