@@ -101,6 +101,36 @@ def test_kv_cache_reuse_across_turns_matches_recomputing_the_history(model, toke
     assert session.tokens_recomputed < full_cost * 0.7
 
 
+@pytest.mark.parametrize("sampling", [
+    Sampling(max_new_tokens=12, temperature=0.0, top_p=None, repetition_penalty=1.1),
+    Sampling(max_new_tokens=12, temperature=1.0, top_p=0.9, repetition_penalty=1.1, seed=7),
+    Sampling(max_new_tokens=12, temperature=0.0, top_p=None, repetition_penalty=3.0),
+], ids=["greedy-1.1", "sampled-1.1", "greedy-3.0"])
+def test_repetition_penalty_sees_the_whole_context_when_the_cache_is_reused(sampling, tokenizer):
+    """重复惩罚开着（chat 默认 1.1）：复用缓存的一轮 = 同一轮不用缓存、从头计算。
+
+    惩罚要看整个上下文出现过哪些 token；只看“没在缓存里的那一截”，两种算法的回答就不同。
+    """
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(vocab_size=tokenizer.vocab_size, n_layer=2, n_head=4, n_kv_head=2, d_model=64,
+                          max_seq_len=256)).eval()
+    with torch.no_grad():               # 放大权重：随机模型的回答随上下文而变，惩罚的差别才看得出来
+        for parameter in model.parameters():
+            if parameter.dim() == 2:
+                parameter.normal_(0.0, 0.3)
+    questions = ("你好，今天北京天气怎么样", "那明天呢，会下雨吗", "谢谢你的回答")
+    cached = ChatSession(model, tokenizer, system="简短回答。", sampling=sampling)
+    for index, question in enumerate(questions):
+        history_before, fed_before = list(cached.history), cached.tokens_recomputed
+        answer = "".join(cached.ask(question))
+        fresh = ChatSession(model, tokenizer, system="简短回答。", sampling=sampling)   # 空缓存：从头算
+        fresh.history = history_before
+        assert "".join(fresh.ask(question)) == answer, index
+        assert fresh.history == cached.history
+        if index > 0:                   # 第二轮起确实复用了缓存：送进模型的 token 更少
+            assert cached.tokens_recomputed - fed_before < fresh.tokens_recomputed
+
+
 def test_cached_logits_equal_full_recompute(model, tokenizer):
     session = ChatSession(model, tokenizer, sampling=Sampling(max_new_tokens=5, temperature=0.0))
     "".join(session.ask("第一句"))

@@ -65,11 +65,13 @@ class ChatSession:
         generated: list[int] = []
 
         def tokens():
+            uncached = self._feed(prompt)            # 回退缓存到公共前缀；self.cached_ids 随之截短
+            # cached_ids：缓存里已有的 token 也要参与重复惩罚，复用缓存才与从头计算完全一样
             yield from stream_generate(
-                self.model, self._feed(prompt), max_new, self.sampling.temperature, self.sampling.top_k,
+                self.model, uncached, max_new, self.sampling.temperature, self.sampling.top_k,
                 self.sampling.top_p, self.sampling.repetition_penalty,
                 eos_id=(self.tokenizer.im_end_id, self.tokenizer.eos_id), seed=self.sampling.seed,
-                kv_cache=self.cache,
+                kv_cache=self.cache, vocab_limit=self.tokenizer.vocab_size, cached_ids=self.cached_ids,
             )
 
         def recorded():

@@ -10,6 +10,12 @@
     top-p      按概率从高到低累加，只保留累计概率刚达到 p 的那一小撮（核采样）
 
 KV 缓存：提示词只“预填充”一次，之后每步只把 1 个新 token 送进模型（见 model.KVCache）。
+
+词表的“填充行”：训练时模型的词表常被向上取到 64 的倍数（例如分词器有 6000 个 token，模型输出
+6016 个打分），矩阵乘在对齐的形状上更快。多出来的 16 个 id 分词器里根本没有，训练时也从不出现，
+但它们的打分并不是 -inf：采样时仍可能（很少地）抽中它们，解码就会失败。所以所有生成函数都接受
+`vocab_limit`（= 分词器的词表大小），只在 [0, vocab_limit) 里挑 token。常见错误是只在贪心时
+才想到这一点：温度 1.0 的采样平均几千个 token 就会抽中一次填充 id。
 """
 
 from __future__ import annotations
@@ -56,6 +62,17 @@ def filter_top_p(logits: torch.Tensor, top_p: float | None) -> torch.Tensor:
     return logits.masked_fill(remove, float("-inf"))
 
 
+def real_token_logits(logits: torch.Tensor, vocab_limit: int | None) -> torch.Tensor:
+    """只留下分词器真有的那些 id 的打分：(..., V) → (..., vocab_limit)。
+
+    直接切掉填充行，而不是把它们设成 -inf：切掉之后无论它们的打分多大（甚至是 NaN），
+    argmax 和 multinomial 都不可能选中它们。
+    """
+    if vocab_limit is None or vocab_limit >= logits.size(-1):
+        return logits
+    return logits[..., :vocab_limit]
+
+
 def pick_next_token(
     logits: torch.Tensor,
     seen: torch.Tensor,
@@ -65,7 +82,10 @@ def pick_next_token(
     repetition_penalty: float,
     generator: torch.Generator | None,
 ) -> int:
-    """由最后一个位置的 logits (V,) 选出下一个 token id。"""
+    """由最后一个位置的 logits (V',) 选出下一个 token id；seen (V',) 与它等长。
+
+    调用者先用 real_token_logits 切掉词表的填充行，所以选出的 id 一定在分词器的词表里。
+    """
     logits = apply_repetition_penalty(logits.float(), seen, repetition_penalty)
     if temperature <= 0:
         return int(torch.argmax(logits))
@@ -86,16 +106,26 @@ def stream_generate(
     eos_id: int | Iterable[int] | None = None,
     seed: int | None = None,
     kv_cache: KVCache | None = None,
+    vocab_limit: int | None = None,
+    cached_ids: list[int] | None = None,
 ) -> Iterator[int]:
     """逐个产出新 token 的 id（不含提示词）。遇到 eos_id（会产出它；可以给多个，例如聊天时的
     <|im_end|> 和 </s>）、达到上限或上下文满时停止。
 
     idx (1, T) 是提示词。给了 kv_cache 时，缓存里已有的内容被当作 idx 之前的上下文（聊天复用历史）。
+    vocab_limit：分词器的词表大小，只在 [0, vocab_limit) 里挑 token（见模块开头“填充行”）。
+    cached_ids：缓存里已有的那些 token。重复惩罚要看**整个**上下文出现过哪些 token；
+    缓存只存了它们的键和值，不存 id，所以要由调用者告诉我们，否则“复用缓存”和“从头算”
+    惩罚的 token 集合不同，回答就不同了。
     """
     if idx.dim() != 2 or idx.size(0) != 1:
         raise ValueError(f"idx 的形状应为 (1, T)，实际是 {tuple(idx.shape)} / idx must be (1, T)")
     context_limit = model.config.max_seq_len
     cache = kv_cache if kv_cache is not None else model.new_kv_cache(batch_size=1, max_len=context_limit)
+    cached_ids = list(cached_ids or [])
+    if len(cached_ids) != cache.length and repetition_penalty != 1.0:
+        raise ValueError(f"cached_ids 有 {len(cached_ids)} 个，缓存里有 {cache.length} 个 token：重复惩罚需要"
+                         f"知道缓存里的全部 token / cached_ids must list the tokens already in kv_cache")
     if cache.length + idx.size(1) > context_limit:
         raise TowerGPTError(
             f"提示词有 {cache.length + idx.size(1)} 个 token，超过模型上下文 {context_limit} / "
@@ -105,14 +135,17 @@ def stream_generate(
     if seed is not None:
         generator = torch.Generator(device=idx.device).manual_seed(seed)
     stop_ids = {eos_id} if isinstance(eos_id, int) else set(eos_id or ())
-    seen = torch.zeros(model.config.vocab_size, dtype=torch.bool, device=idx.device)
-    seen[idx[0]] = True
+    vocab = min(vocab_limit or model.config.vocab_size, model.config.vocab_size)
+    seen = torch.zeros(vocab, dtype=torch.bool, device=idx.device)     # (V',) 上下文里出现过的 token
+    context = torch.cat([torch.tensor(cached_ids, dtype=torch.long, device=idx.device), idx[0]])
+    seen[context[context < vocab]] = True
 
     was_training = model.training
     model.eval()
     try:
         logits = model(idx, kv_cache=cache)[0, -1]              # 预填充：整段提示词只算一次
         for _ in range(max_new_tokens):
+            logits = real_token_logits(logits, vocab)             # (V,) → (V',)
             token = pick_next_token(logits, seen, temperature, top_k, top_p, repetition_penalty, generator)
             yield token
             context_full = cache.length + 1 >= context_limit  # 序列（含刚生成的这个）已到上下文上限
@@ -148,10 +181,15 @@ def generate(
     repetition_penalty: float = 1.0,
     eos_id: int | Iterable[int] | None = None,
     seed: int | None = None,
+    vocab_limit: int | None = None,
 ) -> torch.Tensor:
-    """续写 idx (1, T)，返回 (1, T + n) 的 LongTensor（n ≤ max_new_tokens）。temperature=0 为贪心解码。"""
+    """续写 idx (1, T)，返回 (1, T + n) 的 LongTensor（n ≤ max_new_tokens）。temperature=0 为贪心解码。
+
+    vocab_limit 传分词器的词表大小（tokenizer.vocab_size），见模块开头“填充行”。
+    """
     new_tokens = list(
-        stream_generate(model, idx, max_new_tokens, temperature, top_k, top_p, repetition_penalty, eos_id, seed)
+        stream_generate(model, idx, max_new_tokens, temperature, top_k, top_p, repetition_penalty, eos_id, seed,
+                        vocab_limit=vocab_limit)
     )
     tail = torch.tensor([new_tokens], dtype=idx.dtype, device=idx.device)
     return torch.cat([idx, tail], dim=1)
@@ -164,6 +202,7 @@ def generate_batch_greedy(
     max_new_tokens: int,
     pad_id: int,
     eos_id: int | Iterable[int] | None = None,
+    vocab_limit: int | None = None,
 ) -> list[list[int]]:
     """一次为多条提示词做贪心解码，返回每条新生成的 id（截到第一个停止 token 之前）。
 
@@ -190,7 +229,7 @@ def generate_batch_greedy(
     outputs: list[list[int]] = [[] for _ in prompts]
     finished = [False] * len(prompts)
     for _ in range(max_new_tokens):
-        next_ids = logits.argmax(dim=-1)                                # (B,)
+        next_ids = real_token_logits(logits, vocab_limit).argmax(dim=-1)  # (B, V') → (B,)
         for row, token in enumerate(next_ids.tolist()):
             if not finished[row]:
                 if token in stop_ids:
@@ -257,7 +296,7 @@ def generate_cli(args) -> None:
     started = time.perf_counter()
     tokens = stream_generate(
         model, idx, args.max_new_tokens, args.temperature, args.top_k, args.top_p,
-        args.repetition_penalty, eos_id=tokenizer.eos_id, seed=args.seed,
+        args.repetition_penalty, eos_id=tokenizer.eos_id, seed=args.seed, vocab_limit=tokenizer.vocab_size,
     )
     count = 0
 

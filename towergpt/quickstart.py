@@ -207,7 +207,7 @@ def _print_samples(run_dir: Path) -> list[dict]:
         row = {"prompt": prompt}
         for name, settings in (("greedy", dict(temperature=0.0, repetition_penalty=1.1)),
                                ("sampled", dict(temperature=0.8, top_p=0.9, seed=0))):
-            out = generate(model, idx, 60, eos_id=tokenizer.eos_id, **settings)
+            out = generate(model, idx, 60, eos_id=tokenizer.eos_id, vocab_limit=tokenizer.vocab_size, **settings)
             ids = [t for t in out[0, idx.size(1):].tolist() if t != tokenizer.eos_id]
             row[name] = prompt + tokenizer.decode(ids)
         samples.append(row)

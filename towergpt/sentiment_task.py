@@ -49,7 +49,8 @@ def answer_all(model, tokenizer, reviews: list[str], batch_size: int = 32) -> li
     for start in range(0, len(order), batch_size):
         chunk = order[start:start + batch_size]
         outputs = generate_batch_greedy(model, [prompts[i] for i in chunk], max_new_tokens=6,
-                                        pad_id=tokenizer.pad_id, eos_id=(tokenizer.im_end_id, tokenizer.eos_id))
+                                        pad_id=tokenizer.pad_id, eos_id=(tokenizer.im_end_id, tokenizer.eos_id),
+                                        vocab_limit=tokenizer.vocab_size)
         for index, ids in zip(chunk, outputs):
             answers[index] = tokenizer.decode(ids).strip()
     return answers
