@@ -85,6 +85,7 @@ def assert_openai_error(status, text, expected_status, param=None):
     error = json.loads(text)["error"]
     assert set(error) == {"message", "type", "param", "code"}
     assert error["message"]
+    assert error["code"], error                     # 每个错误都有 code，客户端靠它分辨，不能是 null
     if param is not None:
         assert error["param"] == param
     return error
@@ -269,6 +270,23 @@ def test_bad_requests_get_4xx_in_openai_error_format(server):
     assert_openai_error(*http(server.url + "/v1/models", method="DELETE"), 405)
     too_big = {"model": MODEL, "prompt": "长" * 30_000}
     assert_openai_error(*http(server.url + "/v1/completions", too_big), 413)
+
+
+def test_json_types_are_checked_strictly(server):
+    """JSON 的布尔值不是整数、字符串不是数字：pydantic 的宽容转换会把 true 当成 1，这里必须回 400。"""
+    wrong_types = [("max_tokens", True), ("max_tokens", 5.0), ("max_tokens", "5"), ("temperature", True),
+                   ("temperature", "0.5"), ("seed", False), ("top_k", True), ("stream", 1), ("stop", 7)]
+    for name, value in wrong_types:
+        body = {"model": MODEL, "messages": MESSAGES, name: value}
+        error = assert_openai_error(*http(server.url + "/v1/chat/completions", body), 400, param=name)
+        assert error["code"] == "invalid_value"
+        completion = {"model": MODEL, "prompt": "你好", name: value}
+        assert_openai_error(*http(server.url + "/v1/completions", completion), 400, param=name)
+    assert_openai_error(*http(server.url + "/v1/completions", {"model": MODEL, "prompt": [1, True]}), 400)
+    # 整数可以用在要小数的地方：temperature: 0 照常工作
+    status, text = http(server.url + "/v1/chat/completions",
+                        {"model": MODEL, "messages": MESSAGES, "temperature": 0, "max_tokens": 3})
+    assert status == 200, text
 
 
 def test_api_key_is_required_when_set(ckpt):

@@ -1,6 +1,6 @@
 """所有错误都用 OpenAI 的错误格式回答，客户端库（openai、各种聊天前端）才能正确识别：
 
-    {"error": {"message": "...", "type": "invalid_request_error", "param": "max_tokens", "code": null}}
+    {"error": {"message": "...", "type": "invalid_request_error", "param": "max_tokens", "code": "invalid_value"}}
 
 用户的错（参数不对、没带密钥、路径不存在……）回 4xx，说清楚是哪个参数、为什么；
 服务器自己的 bug 回 500，但只给一句话——traceback 只写进服务器日志，绝不发给客户端
@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import logging
+import re
 
 log = logging.getLogger("towergpt.serve")
 
@@ -39,9 +40,23 @@ class APIError(Exception):
         self.headers = headers
 
 
+# 没有更具体的 code 时，按状态码给一个：客户端（和写重试逻辑的人）靠 code 分辨错误，不该看到 null
+DEFAULT_CODES = {
+    400: "invalid_request",
+    401: "invalid_api_key",
+    403: "permission_denied",
+    404: "not_found",
+    405: "method_not_allowed",
+    413: "request_too_large",
+    429: "rate_limit_exceeded",
+    500: "internal_error",
+    503: "server_busy",
+}
+
+
 def error_body(status: int, message: str, param: str | None = None, code: str | None = None) -> dict:
     return {"error": {"message": message, "type": ERROR_TYPES.get(status, "server_error"),
-                      "param": param, "code": code}}
+                      "param": param, "code": code or DEFAULT_CODES.get(status, "error")}}
 
 
 def error_response(status: int, message: str, param: str | None = None, code: str | None = None,
@@ -85,9 +100,15 @@ def install_error_handlers(app) -> None:
         return error_response(500, "服务器内部错误，详见服务器日志 / internal server error, see the server log")
 
 
+# pydantic 对“几种类型之一”（如 str | list[str]）的字段，会在位置里插入它试过的那个类型的名字：
+# ("body", "stop", "str")。类型名不是参数名，要去掉。我们的字段名都是小写蛇形，类型名则不是
+# 内置类型名就是带方括号或大写开头的名字。
+_TYPE_TAG = re.compile(r"^(str|int|float|bool|none|.*\[.*\]|[A-Z]\w*)$")
+
+
 def _param_name(loc) -> str | None:
-    """("body", "messages", 0, "role") → "messages[0].role"。"""
-    parts = [part for part in loc if part != "body"]
+    """("body", "messages", 0, "role") → "messages[0].role"；("body", "stop", "str") → "stop"。"""
+    parts = [part for part in loc if part != "body" and not (isinstance(part, str) and _TYPE_TAG.match(part))]
     name = ""
     for part in parts:
         name += f"[{part}]" if isinstance(part, int) else (f".{part}" if name else str(part))

@@ -3,6 +3,10 @@
 字段名与 OpenAI 的 API 一致；另有两个常见的扩展字段 top_k、repetition_penalty（vLLM 等也支持）。
 不认识的字段直接忽略（各家客户端会带上 user、metadata 之类的字段）；
 但**认识而做不到**的（n>1、logprobs、tools ……）明确报错，而不是悄悄给出不符合预期的结果。
+
+类型按 JSON 的本来面目严格检查（strict=True）：pydantic 默认会“宽容地”把 true 当成整数 1、
+把 "0.5" 当成数字 0.5，于是 `"max_tokens": true` 被悄悄当成 1。严格模式下它们都回 400；
+整数仍可以用在要小数的地方（temperature: 1 照常可用），JSON 里本来就没有别的写法。
 """
 
 from __future__ import annotations
@@ -17,14 +21,21 @@ MAX_STOP_STRINGS = 4          # 与 OpenAI 相同
 MAX_STOP_LENGTH = 100
 
 
+STRICT_IGNORING_EXTRA = ConfigDict(strict=True, extra="ignore")
+
+
 class TextPart(BaseModel):
     """消息内容也可以是若干段 {"type": "text", "text": ...}（OpenAI 的多段格式）；本模型只认文字。"""
+
+    model_config = STRICT_IGNORING_EXTRA
 
     type: Literal["text"]
     text: str
 
 
 class ChatMessage(BaseModel):
+    model_config = STRICT_IGNORING_EXTRA
+
     role: Literal["system", "developer", "user", "assistant"]
     content: str | list[TextPart]
 
@@ -35,13 +46,15 @@ class ChatMessage(BaseModel):
 
 
 class StreamOptions(BaseModel):
+    model_config = STRICT_IGNORING_EXTRA
+
     include_usage: bool = False
 
 
 class SamplingRequest(BaseModel):
     """聊天与续写共有的字段。"""
 
-    model_config = ConfigDict(extra="ignore")
+    model_config = STRICT_IGNORING_EXTRA
 
     model: str
     max_tokens: int | None = Field(None, ge=1)

@@ -72,6 +72,7 @@ class Sequence:
         self._tokens = stream_generate(
             model, idx, request.max_tokens, request.temperature, request.top_k, request.top_p,
             request.repetition_penalty, eos_id=request.stop_ids, seed=request.seed,
+            vocab_limit=tokenizer.vocab_size,
         )
         self._pieces = stream_text(tokenizer, self._counted(self._tokens), stop_ids=set(request.stop_ids))
 
