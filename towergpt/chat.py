@@ -19,7 +19,7 @@ from typing import Iterator
 
 import torch
 
-from towergpt.chat_template import generation_prompt_ids, render_message
+from towergpt.chat_template import fit_to_context, generation_prompt_ids, render_chat
 from towergpt.errors import TowerGPTError
 from towergpt.generate import stream_generate, stream_text
 
@@ -87,30 +87,31 @@ class ChatSession:
 
     # ---- 内部 ----------------------------------------------------------------
 
-    def _render(self, history: list[tuple[str, list[int]]]) -> list[int]:
-        """<s> + system + 历史 + <|im_start|>assistant\\n。"""
-        ids = [self.tokenizer.bos_id]
-        if self.system:
-            ids += render_message(self.tokenizer, "system", self.system).ids
-        for role, body in history:
-            ids += render_message(self.tokenizer, role, body).ids
-        return ids + generation_prompt_ids(self.tokenizer)
+    def _messages(self, history: list[tuple[str, list[int]]]) -> list[dict]:
+        """(角色, 正文 id) 的历史 → render_chat 认的消息列表（正文直接是 id，不再重新编码）。"""
+        system = [{"role": "system", "content": self.system}] if self.system else []
+        return system + [{"role": role, "content": body} for role, body in history]
 
     def _fit_prompt(self, user_ids: list[int]) -> tuple[list[int], int]:
-        """上下文放不下时，从最早的一轮开始整轮丢弃历史；返回 (完整提示, 本轮最多生成多少 token)。"""
+        """上下文放不下时，从最早的一轮开始整轮丢弃历史；返回 (完整提示, 本轮最多生成多少 token)。
+
+        与训练、服务用的是同一对函数：render_chat 拼模板，fit_to_context 整轮丢弃。
+        """
         limit = self.model.config.max_seq_len
-        history = self.history + [("user", user_ids)]
-        prompt = self._render(history)
-        # 至少给回答留 1/4 的上下文（或 max_new_tokens，取较小者）
+        messages = self._messages(self.history + [("user", user_ids)])
+        room = limit - len(generation_prompt_ids(self.tokenizer))     # 末尾还要接 <|im_start|>assistant\n
+        # 至少给回答留 1/4 的上下文（或 max_new_tokens，取较小者）；留不出来时只保留这一句，能答几个算几个
         reserve = min(self.sampling.max_new_tokens, limit // 4)
-        while len(prompt) + reserve > limit and len(history) > 1:
-            history = history[2:]                       # 丢掉最早的一问一答
-            prompt = self._render(history)
-        if len(prompt) >= limit:
+        fitted = fit_to_context(self.tokenizer, messages, room - reserve) or \
+            fit_to_context(self.tokenizer, self._messages([("user", user_ids)]), room - 1)
+        if fitted is None:
+            alone = len(render_chat(self.tokenizer, self._messages([("user", user_ids)]), True).ids)
             raise TowerGPTError(
-                f"这句话太长：{len(prompt)} 个 token，模型上下文只有 {limit} / message too long for the context"
+                f"这句话太长：{alone} 个 token，模型上下文只有 {limit} / message too long for the context"
             )
-        self.history = history[:-1]
+        kept = fitted[0]
+        prompt = render_chat(self.tokenizer, kept, add_generation_prompt=True).ids
+        self.history = [(m["role"], m["content"]) for m in kept if m["role"] != "system"][:-1]
         return prompt, min(self.sampling.max_new_tokens, limit - len(prompt))
 
     def _feed(self, prompt: list[int]) -> torch.Tensor:
