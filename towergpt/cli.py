@@ -27,6 +27,7 @@ def _cmd_tokenizer_train(args: argparse.Namespace) -> None:
         field=args.field,
         max_sentences=args.max_sentences,
         character_coverage=args.character_coverage,
+        overwrite=args.overwrite,
     )
 
 
@@ -179,6 +180,9 @@ def build_parser() -> argparse.ArgumentParser:
                            help="最多抽样多少行参与训练（限制内存）/ sentences sampled at most")
     tok_train.add_argument("--character-coverage", type=float, default=0.9995,
                            help="字符覆盖率；其余字符走字节回退 / character coverage")
+    tok_train.add_argument("--overwrite", action="store_true",
+                           help="替换已有的分词器目录（用旧分词器准备的数据要重新 prepare）"
+                                " / replace an existing tokenizer (then prepare its data again)")
     tok_train.set_defaults(handler=_cmd_tokenizer_train)
 
     # towergpt data prepare --input F... --tokenizer DIR --out DIR [--format pretrain] ...

@@ -46,10 +46,12 @@ import json
 import os
 import random
 import re
+import shutil
 from pathlib import Path
 from typing import Iterable, Iterator, Sequence
 
 from towergpt.errors import TowerGPTError
+from towergpt.output_dir import check_out_dir, make_staging_dir, replace_dir
 
 # ---------------------------------------------------------------------------
 # 常量
@@ -57,6 +59,8 @@ from towergpt.errors import TowerGPTError
 
 MODEL_FILE = "tokenizer.model"
 INFO_FILE = "tokenizer.json"
+# 一个分词器目录里只有这两个文件；`tokenizer train --overwrite` 只替换这样的“纯分词器目录”。
+TOKENIZER_FILES = frozenset({MODEL_FILE, INFO_FILE})
 
 # 特殊 token：(角色, piece, id)。id 固定下来，模型代码和数据代码可以放心地依赖它们。
 UNK_PIECE, BOS_PIECE, EOS_PIECE, PAD_PIECE = "<unk>", "<s>", "</s>", "<pad>"
@@ -174,12 +178,16 @@ class Tokenizer:
         directory = Path(directory)
         try:
             directory.mkdir(parents=True, exist_ok=True)
-            (directory / MODEL_FILE).write_bytes(self._model_bytes)
-            info_text = json.dumps(self.info(), ensure_ascii=False, indent=2) + "\n"
-            (directory / INFO_FILE).write_text(info_text, encoding="utf-8")
+            self._write_files(directory)
         except OSError as err:
             raise TowerGPTError(f"{directory}: 无法写入分词器 / cannot write tokenizer: {err.strerror or err}") from None
         return directory
+
+    def _write_files(self, directory: Path) -> None:
+        """在已存在的 directory 里写 tokenizer.model 和 tokenizer.json；出错时原样抛出 OSError，由调用者决定怎么报。"""
+        (directory / MODEL_FILE).write_bytes(self._model_bytes)
+        info_text = json.dumps(self.info(), ensure_ascii=False, indent=2) + "\n"
+        (directory / INFO_FILE).write_text(info_text, encoding="utf-8")
 
     def info(self) -> dict:
         """tokenizer.json 的内容：词表大小、特殊 token、训练选项、指纹。"""
@@ -340,22 +348,30 @@ def train_tokenizer(
     field: str = "text",
     max_sentences: int = 2_000_000,
     character_coverage: float = 0.9995,
+    overwrite: bool = False,
 ) -> Tokenizer:
     """在语料上训练一个 BPE 分词器，写出 out_dir/tokenizer.model 和 tokenizer.json。
 
     参数:
         inputs:             语料文件（.txt .jsonl .json .parquet），可以多个。
         vocab_size:         词表大小，例如 8000。
-        out_dir:            输出目录，不存在会创建。
+        out_dir:            输出目录，不存在会创建。已存在且非空时拒绝写入，除非 overwrite=True。
         field:              JSON / Parquet 记录里文本所在的字段。
         max_sentences:      最多用多少行训练。语料更大时均匀随机抽样（蓄水池抽样），内存有界。
         character_coverage: 字符覆盖率（0.98~1.0）。出现最少、合计占比不到 1-覆盖率 的字符
                             不单独进词表，改用字节表示。
+        overwrite:          允许替换一个已有的分词器目录（里面只能有 tokenizer.model / tokenizer.json）。
+
+    为什么默认不许覆盖？用旧分词器准备好的数据、训练好的检查点都还在用旧的 id：
+    悄悄换掉分词器，同一个 id 就代表了另一个字，词表变小时训练甚至会直接越界崩溃。
+
+    文件先写进 out_dir 旁边的临时目录，全部写好才改名为 out_dir（见 towergpt/output_dir.py），
+    所以磁盘满、Ctrl-C 时留下的要么是原来的分词器，要么什么都没有，绝不会是“新 model + 旧 json”。
 
     返回训练好的 Tokenizer。所有用户可改正的问题都抛出 TowerGPTError。
     """
     input_paths = _check_train_args(inputs, vocab_size, field, max_sentences, character_coverage)
-    _check_out_dir(Path(out_dir))
+    _check_out_dir(Path(out_dir), overwrite, input_paths)  # 训练前就检查：别白白训练几分钟再拒绝
     sentences, lines_seen = _sample_sentences(input_paths, field, max_sentences)
     if not sentences:
         names = ", ".join(str(path) for path in input_paths)
@@ -365,7 +381,7 @@ def train_tokenizer(
         )
     model_bytes = _run_sentencepiece(sentences, vocab_size, character_coverage)
     tokenizer = Tokenizer(model_bytes, source=str(Path(out_dir) / MODEL_FILE))
-    tokenizer.save(out_dir)
+    _save_atomically(tokenizer, Path(out_dir))
     _print_summary(tokenizer, Path(out_dir), len(sentences), lines_seen)
     return tokenizer
 
@@ -398,9 +414,47 @@ def _check_train_args(inputs, vocab_size, field, max_sentences, character_covera
     return paths
 
 
-def _check_out_dir(out_dir: Path) -> None:
-    if out_dir.exists() and not out_dir.is_dir():
-        raise TowerGPTError(f"{out_dir} 已存在且不是目录 / exists and is not a directory (--out)")
+# -- 输出目录：不悄悄覆盖，一次写完整 -------------------------------------------
+
+def _check_out_dir(out_dir: Path, overwrite: bool, input_paths: Sequence[Path]) -> None:
+    """--out 必须不存在或为空；非空时只有 --overwrite 才替换，而且只替换纯分词器目录。
+
+    规则与 `data prepare`、`export`、`import` 相同（共用 towergpt/output_dir.py 的 check_out_dir）：
+    旧目录里必须有 tokenizer.model（证明它是分词器目录），语料文件不能在它里面。
+    另外多一条：旧目录里除了 tokenizer.model / tokenizer.json 不能有别的文件。
+    检查点目录里也有 tokenizer.model，但替换它会把模型权重一起删掉——所以拒绝。
+    """
+    check_out_dir(out_dir, overwrite, "--out", inputs=input_paths, marker=MODEL_FILE)
+    if not out_dir.is_dir():
+        return
+    others = sorted(entry.name for entry in out_dir.iterdir() if entry.name not in TOKENIZER_FILES)
+    if others:
+        shown = ", ".join(others[:3]) + ("…" if len(others) > 3 else "")
+        raise TowerGPTError(
+            f"{out_dir} 里除了分词器文件还有 {shown}，--overwrite 会把它们一起删掉；请换一个 --out"
+            f" / holds more than a tokenizer ({shown}), which --overwrite would delete: choose another --out"
+        )
+
+
+def _save_atomically(tokenizer: Tokenizer, out_dir: Path) -> None:
+    """先把两个文件写进 out_dir 旁边的临时目录，全部成功后一步改名为 out_dir。
+
+    为什么不直接写进 out_dir？两个文件是先后写的：写完 tokenizer.model、写 tokenizer.json 时
+    磁盘满了，目录里就剩“新的 model + 旧的 json”，指纹对不上，这个分词器再也载入不了；
+    旧分词器也已经被毁掉。改名（rename）在同一个文件系统里是一步完成的：替换时先删旧目录、
+    紧接着改名，别人看到的 out_dir 要么是原来的，要么（那一瞬间）不存在，要么是完整的新分词器，
+    绝不会是半套。出错时删掉临时目录，不留垃圾。
+    """
+    staging = make_staging_dir(out_dir)
+    try:
+        tokenizer._write_files(staging)
+        replace_dir(staging, out_dir)
+    except OSError as err:  # 磁盘满、没有权限……：说清楚是哪个目录，而不是抛 traceback
+        shutil.rmtree(staging, ignore_errors=True)
+        raise TowerGPTError(f"{out_dir}: 无法写入分词器 / cannot write tokenizer: {err.strerror or err}") from None
+    except BaseException:  # 其余一切，包括 Ctrl-C：同样删掉临时目录
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
 
 
 # -- 读语料、切句、抽样 -------------------------------------------------------

@@ -56,7 +56,9 @@ def build_model(config: RunConfig, verbose: bool = True) -> GPT:
 
 def run_pretrain(config: RunConfig, resume: bool = False) -> dict:
     """准备数据、模型和训练循环，训练并返回摘要。"""
+    from towergpt.data.prepare import TOKENIZER_SUBDIR, load_meta
     from towergpt.data.pretrain_dataset import PackedPretrainData
+    from towergpt.data.tokenizer_match import check_data_tokenizer
     from towergpt.tokenizer import Tokenizer
 
     if not config.data.path:
@@ -66,7 +68,11 @@ def run_pretrain(config: RunConfig, resume: bool = False) -> dict:
     rank, world_size = rank_and_world()   # 多进程时每个进程读训练数据里互不重叠的一份
     train_data = PackedPretrainData(data_dir, "train", seq_len, seed=seed, rank=rank, world_size=world_size)
     val_data = PackedPretrainData(data_dir, "val", seq_len, seed=seed)
-    tokenizer = Tokenizer.load(data_dir / "tokenizer")
+    # 预训练用数据目录里的分词器副本；先确认它就是 prepare 时用的那个（副本可能被人换过），
+    # 否则词表变小时第一步就会 IndexError，词表一样大时则悄悄学错字。
+    tokenizer_dir = data_dir / TOKENIZER_SUBDIR
+    tokenizer = Tokenizer.load(tokenizer_dir)
+    check_data_tokenizer(data_dir, load_meta(data_dir, "pretrain"), tokenizer, tokenizer_dir)
     resolve_vocab_size(config, tokenizer)
     model = build_model(config, verbose=is_main_process())
     tokens_per_step = config.train.micro_batch_size * config.train.grad_accum * seq_len * world_size

@@ -5,7 +5,7 @@
     标签     只有助手说的话（和它的 <|im_end|>）有标签，其余位置是 -100，不计损失
 
 模型结构取自 `init_from` 检查点（配置里的 model 节只有 dropout 生效），
-分词器必须与数据目录里的分词器是同一个（用 sha256 指纹核对）。
+分词器必须是准备数据时用的那一个（与 meta.json 记录的 sha256 指纹核对，见 data/tokenizer_match.py）。
 """
 
 from __future__ import annotations
@@ -29,8 +29,13 @@ def make_sft_objective(pad_id: int):
 
 
 def load_initial_model(config: RunConfig, data_dir: Path):
-    """从 init_from 载入模型与分词器，核对分词器与数据一致，并把模型结构写回 config.model。"""
+    """从 init_from 载入模型与分词器，核对分词器与数据一致，并把模型结构写回 config.model。
+
+    SFT 和 DPO 共用这个函数，所以两者的核对完全相同（见 data/tokenizer_match.py）。
+    """
     from towergpt.checkpoint import MODEL_FILE, load_model_weights, read_model_config, resolve_checkpoint
+    from towergpt.data.prepare import load_meta
+    from towergpt.data.tokenizer_match import check_data_tokenizer, check_vocab_fits
     from towergpt.model import GPT
     from towergpt.tokenizer import Tokenizer
 
@@ -39,15 +44,14 @@ def load_initial_model(config: RunConfig, data_dir: Path):
     directory = resolve_checkpoint(config.init_from)
     model_config = read_model_config(directory)
     model_config.dropout = config.model.dropout          # 结构来自检查点，dropout 来自本次配置
+    # 模型学的是检查点分词器的 id：数据必须是用它准备的（比 meta.json 记下的指纹），
+    # 而且数据里最大的 id 要在模型的词向量表里。两项都只读小文件，在载入权重之前做完。
+    tokenizer = Tokenizer.load(directory)
+    meta = load_meta(data_dir)
+    check_data_tokenizer(data_dir, meta, tokenizer, directory)
+    check_vocab_fits(data_dir, meta, model_config.vocab_size, directory)
     model = GPT(model_config)
     load_model_weights(model, directory / MODEL_FILE)
-    tokenizer = Tokenizer.load(directory)
-    data_tokenizer = Tokenizer.load(data_dir / "tokenizer")
-    if data_tokenizer.fingerprint != tokenizer.fingerprint:
-        raise TowerGPTError(
-            f"{data_dir} 的分词器与 {directory} 的不是同一个，请用检查点里的分词器重新准备数据 / "
-            f"the data was tokenized with a different tokenizer than the checkpoint"
-        )
     config.model = model_config
     return model, tokenizer
 
