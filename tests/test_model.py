@@ -117,7 +117,12 @@ def test_weight_tying_shares_one_tensor_and_counts_once():
     untied = make_model(tie_embeddings=False)
     assert tied.lm_head.weight is tied.embed.weight
     assert untied.num_params() - tied.num_params() == VOCAB * 32
-    assert tied.flops_per_token(64) > 6 * tied.num_params(exclude_embedding=True)
+    # 共享权重时输出头的 V×C 矩阵乘仍要算：6·(非词向量参数 + V·C) + 每层注意力 12·T·C
+    config = tied.config
+    attention = 12 * config.n_layer * 64 * config.d_model
+    expected = 6 * (tied.num_params(exclude_embedding=True) + VOCAB * config.d_model) + attention
+    assert tied.flops_per_token(64) == expected
+    assert untied.flops_per_token(64) == 6 * untied.num_params(exclude_embedding=True) + attention
 
 
 def test_residual_projections_use_scaled_init():
