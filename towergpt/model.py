@@ -212,7 +212,7 @@ class CausalSelfAttention(nn.Module):
         # softmax(q·kᵀ/√D + 掩码) · v。PyTorch 的融合实现（flash / memory-efficient）
         # 不会真的造出 (T, S) 的注意力矩阵，又快又省内存。
         # 因果掩码（is_causal=True 或显式的 mask）训练和评估都必须有！
-        # 原项目评估时丢了因果掩码，模型能偷看答案，评估损失是假的。
+        # 常见错误：评估时（model.eval() 或不算梯度时）丢了因果掩码，模型能偷看答案，评估损失好得不真实。
         y = F.scaled_dot_product_attention(
             q, k, v,
             attn_mask=mask,

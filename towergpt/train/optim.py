@@ -197,7 +197,8 @@ def _load_error(name: str, error: Exception) -> TowerGPTError:
 # 权重本身仍是完整的 m×n（不同于 LoRA），只是“优化器看到的”梯度被压缩了。
 #
 # galore-torch 的用法：参数组里带 rank / update_proj_gap / scale / proj_type 四个键，这一组才做投影；
-# 不带 rank 的组就是普通 AdamW。原项目从没给任何组设 rank，投影一次也没打开过——它其实一直在跑 AdamW。
+# 不带 rank 的组就是普通 AdamW。常见错误：导入了 GaLore 却不给任何组设 rank，投影一次也没打开，
+# 其实一直在跑 AdamW，内存一点没省。
 
 def _build_galore(model: torch.nn.Module, config: OptimConfig, device: torch.device):
     eight_bit = config.name == "galore_adamw8bit"
