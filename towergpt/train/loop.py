@@ -32,6 +32,7 @@ SFT 里每批助手的 token 数各不相同，按 token 数加权才等于“�
 from __future__ import annotations
 
 import math
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -42,7 +43,8 @@ from tqdm import tqdm
 from towergpt.config import RunConfig, save_config
 from towergpt.errors import TowerGPTError
 from towergpt.train import distributed, precision
-from towergpt.train.checkpointing import latest_checkpoint, load_checkpoint, save_checkpoint
+from towergpt.train.checkpointing import (clear_stale_temporaries, latest_checkpoint, load_newest_intact,
+                                          save_checkpoint)
 from towergpt.train.metrics import MetricsLogger
 from towergpt.train.optim import build_optimizer, learning_rate, set_learning_rate
 from towergpt.train.signals import StopRequest
@@ -329,16 +331,18 @@ class Trainer:
         return cpu_model
 
     def _resume(self) -> None:
-        directory = latest_checkpoint(self.run_dir)
-        if directory is None:
-            raise TowerGPTError(f"--resume：{self.run_dir} 里没有检查点 / no checkpoint to resume from")
+        """从最新的完好检查点恢复一切；坏掉的检查点跳过（打印一行警告），见 train/checkpointing.py。"""
+        if self.dist.is_main:
+            # 上次进程被杀时没来得及删的 .tmp-* 目录：不删的话它一直占着磁盘，下次保存可能又满
+            clear_stale_temporaries(self.run_dir / "checkpoints")
+        warn = (lambda line: print(line, file=sys.stderr, flush=True)) if self.dist.is_main else (lambda line: None)
         if self.fsdp:
             # 先把完整权重读进 CPU 上的一个新模型，再由 FSDP 切成本进程的分片
             full_model = self.model_class(self.model.config)
-            state = load_checkpoint(directory, full_model)
+            directory, state = load_newest_intact(self.run_dir, full_model, warn)
             distributed.load_full_state(self.model, self.optimizer, full_model.state_dict(), state["optimizer"])
         else:
-            state = load_checkpoint(directory, self.model)
+            directory, state = load_newest_intact(self.run_dir, self.model, warn)
             self.optimizer.load_state_dict(state["optimizer"])
         if state.get("world_size", 1) != self.dist.world_size:
             raise TowerGPTError(
