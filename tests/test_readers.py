@@ -69,7 +69,7 @@ def test_json_array_is_streamed(tmp_path, monkeypatch):
 
     # 流式的证据：读取器绝不调用 json.load / json.loads 解析整个文件
     def forbidden(*args, **kwargs):
-        raise AssertionError("json array must be streamed with ijson")
+        raise AssertionError("json array must be streamed, not parsed as a whole")
 
     monkeypatch.setattr(json, "load", forbidden)
     monkeypatch.setattr(json, "loads", forbidden)
