@@ -21,22 +21,22 @@ from types import SimpleNamespace
 
 import torch
 
-from towergpt import hf_format
+from towergpt.hf import llama_format
 from towergpt.model import GPT, GPTConfig
 
 
 def llama_config(config: GPTConfig):
-    """与 TowerGPT 配置同尺寸的 transformers LlamaConfig：字段对应关系与 `towergpt export` 共用（hf_format.py）。"""
+    """与 TowerGPT 配置同尺寸的 transformers LlamaConfig：字段对应关系与 `towergpt export` 共用（hf/llama_format.py）。"""
     from transformers import LlamaConfig
 
     # 特殊 token 的编号在 TowerGPT 里是固定的（bos 1、eos 2、pad 3），不必为此载入分词器
     special_ids = SimpleNamespace(bos_id=1, eos_id=2, pad_id=3)
-    return LlamaConfig.from_dict(hf_format.llama_config(config.to_dict(), special_ids, "float32"))
+    return LlamaConfig.from_dict(llama_format.llama_config(config.to_dict(), special_ids, "float32"))
 
 
 def llama_state_dict(model: GPT) -> dict[str, torch.Tensor]:
     """把 TowerGPT 的权重改名成 LlamaForCausalLM 的名字（qkv 按行切成 q/k/v），与 `towergpt export` 相同。"""
-    return hf_format.to_llama_tensors(model.state_dict(), model.config)
+    return llama_format.to_llama_tensors(model.state_dict(), model.config)
 
 
 def model_pair(config: GPTConfig, seed: int = 0):

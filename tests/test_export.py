@@ -15,11 +15,11 @@ from towergpt.chat_template import render_chat
 from towergpt.checkpoint import load, save_model_files
 from towergpt.config import load_config
 from towergpt.errors import TowerGPTError
-from towergpt.export import export_hf, write_tokenizer_files
+from towergpt.hf.export import export_hf, write_tokenizer_files
 from towergpt.generate import generate
-from towergpt.hf_format import llama_config
-from towergpt.hf_import import import_hf
-from towergpt.hf_tokenizer import build_tokenizer_json
+from towergpt.hf.llama_format import llama_config
+from towergpt.hf.import_hf import import_hf
+from towergpt.hf.tokenizer_files import build_tokenizer_json
 from towergpt.model import GPT, GPTConfig
 from towergpt.tokenizer import Tokenizer, train_tokenizer
 

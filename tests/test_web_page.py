@@ -33,7 +33,7 @@ from selenium.webdriver.support.ui import WebDriverWait  # noqa: E402
 from test_serve import LiveServer  # noqa: E402
 from towergpt.checkpoint import load, resolve_checkpoint  # noqa: E402
 from towergpt.model import GPT, GPTConfig  # noqa: E402
-from towergpt.serve import default_model_name  # noqa: E402
+from towergpt.server.launch import default_model_name  # noqa: E402
 from towergpt.server.app import create_app  # noqa: E402
 from towergpt.server.settings import ServerSettings  # noqa: E402
 from towergpt.tokenizer import Tokenizer  # noqa: E402

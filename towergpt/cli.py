@@ -153,9 +153,9 @@ DATA_TOOLS = [
 MODULE_COMMANDS = [
     ("eval", "towergpt.evaluate", "评估损失、困惑度、每字符比特或情感任务 / evaluate a checkpoint"),
     ("plot", "towergpt.plot", "画训练曲线 / plot training curves"),
-    ("export", "towergpt.export", "导出为 Hugging Face 格式 / export to the Hugging Face format"),
-    ("import", "towergpt.hf_import", "从 Hugging Face Llama 检查点导入 / import a Llama-shaped HF checkpoint"),
-    ("serve", "towergpt.serve", "OpenAI 兼容的 HTTP 服务和网页聊天 / OpenAI-compatible server + web chat"),
+    ("export", "towergpt.hf.export", "导出为 Hugging Face 格式 / export to the Hugging Face format"),
+    ("import", "towergpt.hf.import_hf", "从 Hugging Face Llama 检查点导入 / import a Llama-shaped HF checkpoint"),
+    ("serve", "towergpt.server.launch", "OpenAI 兼容的 HTTP 服务和网页聊天 / OpenAI-compatible server + web chat"),
 ]
 
 

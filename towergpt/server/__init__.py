@@ -16,6 +16,7 @@
     routes.py       各个 URL：/v1/chat/completions、/v1/completions、/v1/models、/health、网页
     settings.py     服务的各项上限（命令行参数）
     app.py          把以上组装成一个 FastAPI 应用
+    launch.py       `towergpt serve` 命令本身：载入检查点、检查监听地址与密钥、启动 uvicorn
 
 模型不是线程安全的（前向会改 KV 缓存的长度等状态），所以所有前向计算只在 engine 的那一个线程里做；
 网络这边（asyncio 事件循环）只负责收发，二者通过队列传递“新生成的文字”。

@@ -7,7 +7,7 @@
 默认只监听本机（127.0.0.1）：同一网络里的其他人访问不到。要让别人访问，给 --host 0.0.0.0，
 并且一定同时设置 --api-key（或环境变量 TOWERGPT_API_KEY），否则任何人都能用你的机器算东西。
 
-实现在 towergpt/server/ 里（每个文件一个概念，见那里的 __init__.py）；这个文件只管命令行。
+这个文件只管“启动”：载入检查点、搭好应用、交给 uvicorn；服务本身的各个部分见本目录的 __init__.py。
 本模块顶层只 import 标准库，`towergpt --help` 才快；fastapi / uvicorn 是可选依赖：
     pip install "towergpt[serve]"
 """

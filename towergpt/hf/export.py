@@ -7,10 +7,10 @@
     tokenizer = AutoTokenizer.from_pretrained(目录)
 
 目录里的文件：
-    config.json               模型结构（Llama 的字段名，见 hf_format.py 的对照表）
+    config.json               模型结构（Llama 的字段名，见 hf/llama_format.py 的对照表）
     model.safetensors         权重（q/k/v 已从我们合并的 qkv 里切开）
     generation_config.json    生成时的默认值：遇到 </s> 或 <|im_end|> 停下
-    tokenizer.json            HF 快速分词器的完整流水线（见 hf_tokenizer.py），id 与 TowerGPT 逐个相同
+    tokenizer.json            HF 快速分词器的完整流水线（见 hf/tokenizer_files.py），id 与 TowerGPT 逐个相同
     tokenizer.model           SentencePiece 原文件：llama.cpp 的 convert_hf_to_gguf.py 读它
     tokenizer_config.json     特殊 token、对话模板（Jinja 的 chat_template）
     special_tokens_map.json   旧版 transformers 读的特殊 token 表
@@ -75,7 +75,7 @@ def write_hf_files(model, tokenizer, tokenizer_model_bytes: bytes, out: Path, dt
     import torch
     from safetensors.torch import save_file
 
-    from towergpt.hf_format import llama_config, to_llama_tensors
+    from towergpt.hf.llama_format import llama_config, to_llama_tensors
 
     config = model.config
     write_tokenizer_files(tokenizer, tokenizer_model_bytes, config.max_seq_len, out)  # 先做：分词器转不了就别写权重
@@ -95,7 +95,7 @@ def write_hf_files(model, tokenizer, tokenizer_model_bytes: bytes, out: Path, dt
 
 def write_tokenizer_files(tokenizer, tokenizer_model_bytes: bytes, max_length: int, out: Path) -> None:
     """只写分词器的四个文件（HF 的 tokenizer.json、tokenizer_config.json、special_tokens_map.json 和 tokenizer.model）。"""
-    from towergpt.hf_tokenizer import build_tokenizer_json, special_tokens_map, tokenizer_config
+    from towergpt.hf.tokenizer_files import build_tokenizer_json, special_tokens_map, tokenizer_config
 
     _write_json(out / "tokenizer.json", build_tokenizer_json(tokenizer_model_bytes, "tokenizer.model"))
     (out / "tokenizer.model").write_bytes(tokenizer_model_bytes)

@@ -120,7 +120,7 @@ def read_model(source: Path, max_seq_len: int | None):
     import torch
 
     from towergpt.checkpoint import read_config_json
-    from towergpt.hf_format import from_llama_tensors, gpt_config_from_llama
+    from towergpt.hf.llama_format import from_llama_tensors, gpt_config_from_llama
     from towergpt.model import GPT
 
     config_path = source / "config.json"
