@@ -66,19 +66,36 @@ def news_data_dir(news_jsonl, news_tokenizer_dir, tmp_path_factory):
 @pytest.fixture(scope="module")
 def start_checkpoint(news_tokenizer_dir, tmp_path_factory):
     """随机初始化的小模型（news 分词器，2 层，d_model 64，max_seq_len 64）存成的检查点：SFT / DPO 测试的起点。"""
-    import torch
-
     from towergpt.checkpoint import save_model_files
-    from towergpt.model import GPT, GPTConfig
     from towergpt.tokenizer import Tokenizer
 
     tokenizer = Tokenizer.load(news_tokenizer_dir)
-    torch.manual_seed(0)
-    model = GPT(GPTConfig(vocab_size=tokenizer.vocab_size, n_layer=2, n_head=4, n_kv_head=2, d_model=64,
-                          max_seq_len=64))
+    model = tiny_gpt(tokenizer.vocab_size).train()
     directory = tmp_path_factory.mktemp("start")
     save_model_files(model, tokenizer, directory)
     return directory
+
+
+def tiny_gpt(vocab_size: int, max_seq_len: int = 64, seed: int = 0, weight_std: float | None = None, **overrides):
+    """测试共用的小模型：2 层、d_model 64、4 个查询头、2 组键值（GQA），随机初始化，eval 模式。
+
+    weight_std：把所有矩阵重新按这个标准差初始化。通常的初始化（std 0.02）下，随机模型贪心解码
+    只会重复同一个 token，每个提示词的回答都一样，很多性质（缓存串了、惩罚没生效）就看不出来；
+    放大到 0.3，输出杂乱但随上下文而变。overrides 覆盖任何 GPTConfig 字段。
+    """
+    import torch
+
+    from towergpt.model import GPT, GPTConfig
+
+    torch.manual_seed(seed)
+    shape = dict(n_layer=2, n_head=4, n_kv_head=2, d_model=64)
+    model = GPT(GPTConfig(vocab_size=vocab_size, max_seq_len=max_seq_len, **{**shape, **overrides}))
+    if weight_std is not None:
+        with torch.no_grad():
+            for parameter in model.parameters():
+                if parameter.dim() == 2:
+                    parameter.normal_(0.0, weight_std)
+    return model.eval()
 
 
 def run_cli(*args, cwd=None, timeout=300):

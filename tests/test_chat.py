@@ -3,12 +3,11 @@
 import pytest
 import torch
 
-from conftest import run_cli
+from conftest import run_cli, tiny_gpt
 from towergpt.chat import ChatSession, Sampling
 from towergpt.chat_template import fit_to_context, generation_prompt_ids, render_chat
 from towergpt.checkpoint import save_model_files
 from towergpt.generate import generate
-from towergpt.model import GPT, GPTConfig
 from towergpt.tokenizer import Tokenizer
 
 
@@ -19,10 +18,7 @@ def tokenizer(news_tokenizer_dir):
 
 @pytest.fixture(scope="module")
 def model(tokenizer):
-    torch.manual_seed(0)
-    config = GPTConfig(vocab_size=tokenizer.vocab_size, n_layer=2, n_head=4, n_kv_head=2, d_model=64,
-                       max_seq_len=128)
-    return GPT(config).eval()
+    return tiny_gpt(tokenizer.vocab_size, max_seq_len=128)
 
 
 def test_loss_mask_covers_exactly_the_assistant_words_and_end_markers(tokenizer):
@@ -111,13 +107,7 @@ def test_repetition_penalty_sees_the_whole_context_when_the_cache_is_reused(samp
 
     惩罚要看整个上下文出现过哪些 token；只看“没在缓存里的那一截”，两种算法的回答就不同。
     """
-    torch.manual_seed(0)
-    model = GPT(GPTConfig(vocab_size=tokenizer.vocab_size, n_layer=2, n_head=4, n_kv_head=2, d_model=64,
-                          max_seq_len=256)).eval()
-    with torch.no_grad():               # 放大权重：随机模型的回答随上下文而变，惩罚的差别才看得出来
-        for parameter in model.parameters():
-            if parameter.dim() == 2:
-                parameter.normal_(0.0, 0.3)
+    model = tiny_gpt(tokenizer.vocab_size, max_seq_len=256, weight_std=0.3)   # 回答随上下文而变，惩罚的差别才看得出来
     questions = ("你好，今天北京天气怎么样", "那明天呢，会下雨吗", "谢谢你的回答")
     cached = ChatSession(model, tokenizer, system="简短回答。", sampling=sampling)
     for index, question in enumerate(questions):

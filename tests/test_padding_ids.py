@@ -9,11 +9,11 @@ import json
 import pytest
 import torch
 
-from conftest import run_cli
+from conftest import run_cli, tiny_gpt
 from towergpt.chat import ChatSession, Sampling
 from towergpt.checkpoint import save_model_files
 from towergpt.generate import generate, generate_batch_greedy, stream_generate
-from towergpt.model import GPT, GPTConfig
+from towergpt.model import GPT
 from towergpt.tokenizer import Tokenizer
 
 EXTRA_ROWS = 64          # 填充行数：取到 64 的倍数之后再多 64 行，保证至少有 64 个填充 id
@@ -53,10 +53,7 @@ def make_padding_rows_most_likely(model: GPT, real_vocab: int, probe: torch.Tens
 @pytest.fixture(scope="module")
 def hostile(tokenizer):
     """(模型, 检查点目录)：填充行比任何真 token 都更可能。"""
-    torch.manual_seed(0)
-    config = GPTConfig(vocab_size=padded_vocab(tokenizer), n_layer=2, n_head=4, n_kv_head=2, d_model=64,
-                       max_seq_len=128, tie_embeddings=False)
-    model = GPT(config).eval()
+    model = tiny_gpt(padded_vocab(tokenizer), max_seq_len=128, tie_embeddings=False)
     probe = torch.tensor([[tokenizer.bos_id] + tokenizer.encode("今天上午，国务院召开会议，讨论经济工作。")])
     make_padding_rows_most_likely(model, tokenizer.vocab_size, probe)
     return model

@@ -20,11 +20,10 @@ pytest.importorskip("fastapi")
 pytest.importorskip("uvicorn")
 openai = pytest.importorskip("openai")
 
-from conftest import run_cli  # noqa: E402
+from conftest import run_cli, tiny_gpt  # noqa: E402
 from towergpt.chat_template import render_chat  # noqa: E402
 from towergpt.checkpoint import load, save_model_files  # noqa: E402
 from towergpt.generate import stream_generate, stream_text  # noqa: E402
-from towergpt.model import GPT, GPTConfig  # noqa: E402
 from towergpt.server.app import create_app  # noqa: E402
 from towergpt.server.settings import ServerSettings  # noqa: E402
 from towergpt.tokenizer import Tokenizer  # noqa: E402
@@ -96,15 +95,8 @@ def assert_openai_error(status, text, expected_status, param=None):
 @pytest.fixture(scope="module")
 def ckpt(news_tokenizer_dir, tmp_path_factory):
     tokenizer = Tokenizer.load(news_tokenizer_dir)
-    torch.manual_seed(0)
-    model = GPT(GPTConfig(vocab_size=tokenizer.vocab_size, n_layer=2, n_head=4, n_kv_head=2, d_model=64,
-                          max_seq_len=128))
-    # 通常的初始化（std 0.02）下，随机模型贪心解码只会重复同一个 token，每个提示词的回答都一样，
-    # 两条序列的 KV 缓存串了也看不出来。权重放大到 std 0.3：输出杂乱但随提示词而变，且不重复。
-    with torch.no_grad():
-        for parameter in model.parameters():
-            if parameter.dim() == 2:
-                parameter.normal_(0.0, 0.3)
+    # 权重放大到 std 0.3（见 conftest.tiny_gpt）：回答随提示词而变，两条序列的 KV 缓存串了才看得出来
+    model = tiny_gpt(tokenizer.vocab_size, max_seq_len=128, weight_std=0.3)
     directory = tmp_path_factory.mktemp("serve") / "ckpt"
     save_model_files(model, tokenizer, directory)
     return directory

@@ -15,7 +15,6 @@ import tempfile
 import time
 
 import pytest
-import torch
 
 pytestmark = pytest.mark.browser
 
@@ -30,9 +29,9 @@ if not (CHROMIUM and CHROMEDRIVER):
 from selenium.webdriver.common.by import By  # noqa: E402
 from selenium.webdriver.common.keys import Keys  # noqa: E402
 from selenium.webdriver.support.ui import WebDriverWait  # noqa: E402
+from conftest import tiny_gpt  # noqa: E402
 from test_serve import LiveServer  # noqa: E402
 from towergpt.checkpoint import load, resolve_checkpoint  # noqa: E402
-from towergpt.model import GPT, GPTConfig  # noqa: E402
 from towergpt.server.launch import default_model_name  # noqa: E402
 from towergpt.server.app import create_app  # noqa: E402
 from towergpt.server.settings import ServerSettings  # noqa: E402
@@ -50,9 +49,7 @@ def server(news_tokenizer_dir):
         name = default_model_name(resolve_checkpoint(TRAINED_CKPT))
     else:
         tokenizer = Tokenizer.load(news_tokenizer_dir)
-        torch.manual_seed(0)
-        model = GPT(GPTConfig(vocab_size=tokenizer.vocab_size, n_layer=2, n_head=4, n_kv_head=2, d_model=64,
-                              max_seq_len=256))
+        model = tiny_gpt(tokenizer.vocab_size, max_seq_len=256)
         # 每次前向慢 15 ms：回答要好几百毫秒才说完，才看得到“说到一半”的样子
         model.register_forward_pre_hook(lambda module, inputs: time.sleep(0.015))
     with LiveServer(create_app(model, tokenizer, ServerSettings(model_name=name))) as live:
