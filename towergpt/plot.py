@@ -23,6 +23,11 @@ import math
 import sys
 from pathlib import Path
 
+import matplotlib
+from matplotlib import font_manager
+from matplotlib.figure import Figure
+from matplotlib.ticker import FuncFormatter
+
 from towergpt.errors import TowerGPTError, where
 
 METRICS_FILE = "metrics.jsonl"
@@ -49,17 +54,6 @@ X_AXES = {"tokens": ("见过的 token 数", "tokens seen"), "step": ("训练步�
 # ---------------------------------------------------------------------------
 # 命令行
 # ---------------------------------------------------------------------------
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """`towergpt plot` 的参数。"""
-    parser.add_argument("runs", nargs="+", metavar="RUN", help="运行目录（或其中的 metrics.jsonl），可多个")
-    parser.add_argument("--out", required=True, help="输出图片（.png / .svg / .pdf）/ output image")
-    parser.add_argument("--metric", default="val_bpc", choices=list(METRICS),
-                        help="val_bpc（默认，可跨分词器比较）、val_loss，或 loss（训练 + 验证损失）")
-    parser.add_argument("--x", default="tokens", choices=list(X_AXES), help="横轴：tokens（默认）或 step")
-    parser.add_argument("--labels", nargs="+", default=None, help="图例名，与 RUN 一一对应；默认用目录名")
-    parser.add_argument("--title", default=None, help="图的标题 / figure title")
-
 
 def main(args: argparse.Namespace) -> None:
     """命令行入口：读各运行的指标，画图，存到 --out。"""
@@ -206,15 +200,11 @@ def _collect(paths: list[Path], labels: list[str], metric: str, x_axis: str) -> 
 
 
 def _draw(series: list[dict], out: Path, metric: str, x_axis: str, title: str | None) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")   # 不需要显示器：直接画进图片文件（服务器、CI 上也能用）
-    import matplotlib.pyplot as plt
-    from matplotlib.ticker import FuncFormatter
-
     chinese = _use_cjk_font()
     pick = 0 if chinese else 1
-    figure, axes = plt.subplots(figsize=(7.5, 4.5), dpi=110)
+    # 直接用 Figure 对象而不是 pyplot：不需要显示器，也不改动全局的绘图后端（服务器、CI、笔记本里都一样）
+    figure = Figure(figsize=(7.5, 4.5), dpi=110)
+    axes = figure.add_subplot()
     for index, run in enumerate(series):
         color = f"C{index}"
         for line in run["lines"]:
@@ -241,8 +231,6 @@ def _draw(series: list[dict], out: Path, metric: str, x_axis: str, title: str | 
         figure.savefig(out)
     except OSError as err:
         raise TowerGPTError(f"{out}: 无法写入 / cannot write: {err.strerror or err}") from None
-    finally:
-        plt.close(figure)
 
 
 def _short_number(value: float, _position=None) -> str:
@@ -259,8 +247,6 @@ def find_cjk_font() -> str | None:
     matplotlib 把系统字体列表缓存在 ~/.cache/matplotlib 里，缓存建立之后新装的字体它看不见。
     所以缓存里找不到时，再扫一遍系统字体目录，把文件名像中文字体的加进来。
     """
-    from matplotlib import font_manager
-
     def installed() -> str | None:
         names = {entry.name for entry in font_manager.fontManager.ttflist}
         return next((name for name in CJK_FONT_NAMES if name in names), None)
@@ -279,8 +265,6 @@ def find_cjk_font() -> str | None:
 
 def _use_cjk_font() -> bool:
     """有中文字体就设为默认字体并返回 True；没有就提醒一句、返回 False（图里改用英文）。"""
-    import matplotlib
-
     font = find_cjk_font()
     if font is None:
         print("警告 / warning: 没有找到中文字体，图中文字改用英文。要显示中文请安装一个："

@@ -29,19 +29,16 @@ import json
 import shutil
 from pathlib import Path
 
+import torch
+from safetensors.torch import save_file
+
+from towergpt.checkpoint import load, resolve_checkpoint
 from towergpt.errors import TowerGPTError
+from towergpt.hf.llama_format import llama_config, to_llama_tensors
+from towergpt.hf.tokenizer_files import build_tokenizer_json, special_tokens_map, tokenizer_config
 from towergpt.output_dir import apply_umask, check_out_dir, make_staging_dir, replace_dir
 
 DTYPES = ("float32", "bfloat16", "float16")
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--ckpt", required=True, help="运行目录或检查点目录 / run or checkpoint dir")
-    parser.add_argument("--format", default="hf", choices=["hf"], help="导出格式；目前只有 hf / export format")
-    parser.add_argument("--out", required=True, help="输出目录 / output directory")
-    parser.add_argument("--dtype", default="float32", choices=DTYPES,
-                        help="权重精度，默认 float32（与训练保存的一致）/ weight dtype")
-    parser.add_argument("--overwrite", action="store_true", help="替换已有的非空输出目录 / replace a non-empty --out")
 
 
 def main(args: argparse.Namespace) -> None:
@@ -52,8 +49,6 @@ def main(args: argparse.Namespace) -> None:
 
 def export_hf(ckpt: str | Path, out: str | Path, dtype: str = "float32", overwrite: bool = False) -> Path:
     """把检查点导出成 HF Llama 目录，返回输出目录。所有用户能改正的问题抛 TowerGPTError。"""
-    from towergpt.checkpoint import load, resolve_checkpoint
-
     if dtype not in DTYPES:
         raise TowerGPTError(f"--dtype {dtype!r} 不支持，可选 / choose one of: {', '.join(DTYPES)}")
     out = Path(out)
@@ -72,11 +67,6 @@ def export_hf(ckpt: str | Path, out: str | Path, dtype: str = "float32", overwri
 
 def write_hf_files(model, tokenizer, tokenizer_model_bytes: bytes, out: Path, dtype: str) -> None:
     """把模型和分词器的 HF 文件写进（已存在的）目录 out。"""
-    import torch
-    from safetensors.torch import save_file
-
-    from towergpt.hf.llama_format import llama_config, to_llama_tensors
-
     config = model.config
     write_tokenizer_files(tokenizer, tokenizer_model_bytes, config.max_seq_len, out)  # 先做：分词器转不了就别写权重
     hf_config = llama_config(config.to_dict(), tokenizer, dtype)
@@ -95,8 +85,6 @@ def write_hf_files(model, tokenizer, tokenizer_model_bytes: bytes, out: Path, dt
 
 def write_tokenizer_files(tokenizer, tokenizer_model_bytes: bytes, max_length: int, out: Path) -> None:
     """只写分词器的四个文件（HF 的 tokenizer.json、tokenizer_config.json、special_tokens_map.json 和 tokenizer.model）。"""
-    from towergpt.hf.tokenizer_files import build_tokenizer_json, special_tokens_map, tokenizer_config
-
     _write_json(out / "tokenizer.json", build_tokenizer_json(tokenizer_model_bytes, "tokenizer.model"))
     (out / "tokenizer.model").write_bytes(tokenizer_model_bytes)
     _write_json(out / "tokenizer_config.json", tokenizer_config(max_length, tokenizer.fingerprint))

@@ -21,15 +21,17 @@ import json
 import shutil
 from pathlib import Path
 
+import torch
+from safetensors.torch import load_file
+
+from towergpt.checkpoint import LATEST_FILE, read_config_json, save_model_files
+from towergpt.config import RunConfig, save_config
 from towergpt.errors import TowerGPTError
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--from-hf", required=True, dest="from_hf", help="HF 模型目录 / Hugging Face model dir")
-    parser.add_argument("--out", required=True, help="要创建的运行目录 / run directory to create")
-    parser.add_argument("--max-seq-len", type=int, default=None,
-                        help="上下文长度，默认取 config.json 的 max_position_embeddings / context length")
-    parser.add_argument("--overwrite", action="store_true", help="替换已有的非空运行目录 / replace a non-empty --out")
+from towergpt.hf.llama_format import from_llama_tensors, gpt_config_from_llama
+from towergpt.model import GPT
+from towergpt.output_dir import check_out_dir, make_staging_dir, replace_dir
+from towergpt.tokenizer import Tokenizer
+from towergpt.train.checkpointing import checkpoint_name
 
 
 def main(args: argparse.Namespace) -> None:
@@ -40,11 +42,6 @@ def main(args: argparse.Namespace) -> None:
 
 def import_hf(source: str | Path, out: str | Path, max_seq_len: int | None = None, overwrite: bool = False) -> Path:
     """读 HF Llama 目录，写出 TowerGPT 运行目录，返回它。"""
-    from towergpt.checkpoint import LATEST_FILE, save_model_files
-    from towergpt.config import RunConfig, save_config
-    from towergpt.output_dir import check_out_dir, make_staging_dir, replace_dir
-    from towergpt.train.checkpointing import checkpoint_name
-
     source, out = Path(source), Path(out)
     if not source.is_dir():
         raise TowerGPTError(f"找不到 HF 模型目录 / Hugging Face model dir not found: {source} (--from-hf)")
@@ -76,8 +73,6 @@ def import_hf(source: str | Path, out: str | Path, max_seq_len: int | None = Non
 
 def read_tokenizer(source: Path):
     """读 tokenizer.model；不是 SentencePiece、缺特殊 piece、与导出时的指纹不符，都说清楚。"""
-    from towergpt.tokenizer import Tokenizer
-
     model_path = source / "tokenizer.model"
     if not model_path.is_file():
         found = "只有 tokenizer.json（多半是字节级 BPE，例如 GPT-2 / Llama 3 / Qwen 的分词器）" \
@@ -117,12 +112,6 @@ def _exported_fingerprint(source: Path) -> str | None:
 
 def read_model(source: Path, max_seq_len: int | None):
     """config.json + safetensors 权重 → 载好权重的 GPT（float32，eval 模式）。"""
-    import torch
-
-    from towergpt.checkpoint import read_config_json
-    from towergpt.hf.llama_format import from_llama_tensors, gpt_config_from_llama
-    from towergpt.model import GPT
-
     config_path = source / "config.json"
     config = gpt_config_from_llama(read_config_json(config_path), str(config_path), max_seq_len)
     tensors = {name: tensor.to(torch.float32) for name, tensor in read_safetensors(source).items()}
@@ -140,8 +129,6 @@ def read_model(source: Path, max_seq_len: int | None):
 
 def read_safetensors(source: Path) -> dict:
     """读单个 model.safetensors，或按 model.safetensors.index.json 读全部分片。"""
-    from safetensors.torch import load_file
-
     index_path = source / "model.safetensors.index.json"
     if (source / "model.safetensors").is_file():
         files = [source / "model.safetensors"]

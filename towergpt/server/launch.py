@@ -8,60 +8,37 @@
 并且一定同时设置 --api-key（或环境变量 TOWERGPT_API_KEY），否则任何人都能用你的机器算东西。
 
 这个文件只管“启动”：载入检查点、搭好应用、交给 uvicorn；服务本身的各个部分见本目录的 __init__.py。
-本模块顶层只 import 标准库，`towergpt --help` 才快；fastapi / uvicorn 是可选依赖：
-    pip install "towergpt[serve]"
+fastapi / uvicorn 是可选依赖（pip install "towergpt[serve]"），所以 server.app 和 uvicorn 等检查过
+它们装好了才 import，缺了就说一句怎么装。
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import ipaddress
-import os
 import sys
 
-API_KEY_ENV = "TOWERGPT_API_KEY"
+from towergpt.checkpoint import load, resolve_checkpoint
+from towergpt.device import pick_device
+from towergpt.errors import TowerGPTError
+from towergpt.generate import compile_for_decoding
+from towergpt.server.settings import ServerSettings
 
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--ckpt", required=True, help="运行目录或检查点目录 / run or checkpoint dir")
-    parser.add_argument("--host", default="127.0.0.1",
-                        help="监听地址，默认只有本机能访问；0.0.0.0 = 所有网卡（请同时设 --api-key）/ bind address")
-    parser.add_argument("--port", type=int, default=8000, help="端口 / port (default 8000)")
-    parser.add_argument("--api-key", default=os.environ.get(API_KEY_ENV),
-                        help=f"要求请求带 Authorization: Bearer <密钥>；默认取环境变量 {API_KEY_ENV} / "
-                             f"require this bearer token (default: ${API_KEY_ENV})")
-    parser.add_argument("--model-name", default=None,
-                        help="API 里的模型名，默认取检查点所在运行目录的名字 / model id in the API")
-    parser.add_argument("--device", default="auto", help="cpu / cuda / mps / auto")
-    parser.add_argument("--compile", action="store_true",
-                        help="用 torch.compile 加速逐 token 生成（启动后第一个请求要等编译，约半分钟）"
-                             " / compile the model for decoding")
-    parser.add_argument("--max-active", type=int, default=8,
-                        help="同时生成的序列数（轮流各生成 1 个 token）/ sequences generated concurrently")
-    parser.add_argument("--max-waiting", type=int, default=32,
-                        help="槽位满时最多排队的请求数，再多回 503 / queued requests before 503")
-    parser.add_argument("--max-tokens", type=int, default=1024,
-                        help="单个请求 max_tokens 的上限 / upper bound of a request's max_tokens")
-    parser.add_argument("--max-body-bytes", type=int, default=1_000_000,
-                        help="请求体上限（字节），超过回 413 / request body limit in bytes")
+API_KEY_ENV = "TOWERGPT_API_KEY"     # --api-key 的默认值从这个环境变量取（见 cli/tools.py）
 
 
 def main(args: argparse.Namespace) -> None:
-    from towergpt.errors import TowerGPTError
-
-    try:
-        import uvicorn  # noqa: F401
-        import fastapi  # noqa: F401
-    except ImportError as error:
-        raise TowerGPTError(f"缺少 {error.name}：请先 pip install \"towergpt[serve]\" / "
-                            f"missing {error.name}: pip install \"towergpt[serve]\"") from None
+    missing = [name for name in ("fastapi", "uvicorn") if importlib.util.find_spec(name) is None]
+    if missing:
+        raise TowerGPTError(f"缺少 {missing[0]}：请先 pip install \"towergpt[serve]\" / "
+                            f"missing {missing[0]}: pip install \"towergpt[serve]\"")
     if not 0 < args.port < 65536:
         raise TowerGPTError(f"--port 必须在 1..65535 之间，收到 {args.port} / port out of range")
 
-    from towergpt.checkpoint import load, resolve_checkpoint
-    from towergpt.device import pick_device
+    import uvicorn
+
     from towergpt.server.app import create_app
-    from towergpt.server.settings import ServerSettings
 
     settings = ServerSettings(
         model_name=args.model_name or default_model_name(resolve_checkpoint(args.ckpt)),
@@ -71,8 +48,6 @@ def main(args: argparse.Namespace) -> None:
     settings.check()
     model, tokenizer = load(args.ckpt, pick_device(args.device))
     if args.compile:
-        from towergpt.generate import compile_for_decoding
-
         model = compile_for_decoding(model)
     app = create_app(model, tokenizer, settings)
 
@@ -83,9 +58,6 @@ def main(args: argparse.Namespace) -> None:
     print(f"模型 / model: {settings.model_name}（上下文 {model.config.max_seq_len} token）\n"
           f"网页聊天 / web chat: http://{shown_host}:{args.port}/\n"
           f"OpenAI base_url: http://{shown_host}:{args.port}/v1", file=sys.stderr)
-
-    import uvicorn
-
     uvicorn.run(app, host=args.host, port=args.port, log_level="info")
 
 

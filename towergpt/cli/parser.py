@@ -1,118 +1,13 @@
-"""命令行入口 `towergpt`：只负责解析参数、调用真正干活的函数、把用户错误打印成一行。
+"""`towergpt` 的解析器：核心命令的参数在这里，其余命令的在 tools.py（都只用标准库）。
 
-每个子命令的实现都在各自的模块里（tokenizer.py、generate.py ……），这里保持“薄”：
-读懂一个命令做什么，去看它调用的那个函数即可。
+每个子命令用 set_defaults(handler="模块:函数") 记下它的实现；读懂一个命令做什么，去看那个函数即可。
 """
 
 from __future__ import annotations
 
 import argparse
-import importlib
-import sys
 
-from towergpt.errors import TowerGPTError
-
-
-# ---------------------------------------------------------------------------
-# 各子命令的处理函数：先做延迟 import（让 `towergpt --help` 秒开，不必先加载 torch）
-# ---------------------------------------------------------------------------
-
-def _cmd_tokenizer_train(args: argparse.Namespace) -> None:
-    from towergpt.tokenizer import train_tokenizer
-
-    train_tokenizer(
-        inputs=args.input,
-        vocab_size=args.vocab_size,
-        out_dir=args.out,
-        field=args.field,
-        max_sentences=args.max_sentences,
-        character_coverage=args.character_coverage,
-        overwrite=args.overwrite,
-    )
-
-
-def _cmd_data_prepare(args: argparse.Namespace) -> None:
-    from towergpt.data.prepare import prepare
-
-    common = dict(inputs=args.input, tokenizer_dir=args.tokenizer, out_dir=args.out, workers=args.workers,
-                  val_fraction=args.val_fraction, skip_bad=args.skip_bad, shard_tokens=args.shard_tokens,
-                  seed=args.seed, overwrite=args.overwrite)
-    # 只属于某一种数据的选项：给错了种类就说清楚，而不是悄悄忽略
-    if args.format != "pretrain" and args.field is not None:
-        raise TowerGPTError("--field 只用于 --format pretrain（对话记录的字段由格式决定）"
-                            " / --field only applies to --format pretrain")
-    if args.format == "pretrain" and args.max_seq_len is not None:
-        raise TowerGPTError("--max-seq-len 只用于 --format sft / dpo / --max-seq-len only applies to --format sft or dpo")
-    if args.format == "pretrain":
-        common["field"] = "text" if args.field is None else args.field
-    else:  # sft / dpo：一条记录一条（一对）序列，需要知道训练时的序列长度
-        common["max_seq_len"] = 1024 if args.max_seq_len is None else args.max_seq_len
-    prepare(args.format, **common)
-
-
-def _cmd_pretrain(args: argparse.Namespace) -> None:
-    from towergpt.config import load_config
-    from towergpt.train.pretrain import run_pretrain
-
-    _print_summary(run_pretrain(load_config(args.config, args.set), resume=args.resume))
-
-
-def _print_summary(summary: dict) -> None:
-    from towergpt.train.distributed import is_main_process
-
-    if not is_main_process():
-        return
-    print("完成 / done: " + ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
-                                     for k, v in summary.items()))
-
-
-def _cmd_sft(args: argparse.Namespace) -> None:
-    from towergpt.config import load_config
-    from towergpt.train.sft import run_sft
-
-    _print_summary(run_sft(load_config(args.config, args.set), resume=args.resume))
-
-
-def _cmd_quickstart(args: argparse.Namespace) -> None:
-    from towergpt.quickstart import run_quickstart
-
-    run_quickstart(out_dir=args.out, minutes=args.minutes, sft_minutes=args.sft_minutes, device=args.device)
-
-
-def _cmd_chat(args: argparse.Namespace) -> None:
-    from towergpt.chat import chat_cli
-
-    chat_cli(args)
-
-
-def _cmd_generate(args: argparse.Namespace) -> None:
-    from towergpt.generate import generate_cli
-
-    generate_cli(args)
-
-
-def _cmd_dpo(args: argparse.Namespace) -> None:
-    from towergpt.config import load_config
-    from towergpt.train.dpo import run_dpo
-
-    _print_summary(run_dpo(load_config(args.config, args.set), resume=args.resume))
-
-
-def _module_command(commands, name: str, module: str, help_text: str) -> argparse.ArgumentParser | None:
-    """注册一个由独立模块实现的子命令：模块提供 add_arguments(parser) 与 main(args)。
-
-    这些模块在顶层只 import 标准库（torch 等放进函数里），所以 `towergpt --help` 仍然很快。
-    """
-    try:
-        implementation = importlib.import_module(module)
-    except ModuleNotFoundError as error:
-        if error.name != module:  # 模块本身在，但它缺了某个依赖：这是真错误，照常抛出
-            raise
-        return None  # 这个命令所在的模块还没写（开发中）：不注册
-    parser = commands.add_parser(name, help=help_text)
-    implementation.add_arguments(parser)
-    parser.set_defaults(handler=implementation.main)
-    return parser
+from towergpt.cli import tools
 
 
 # ---------------------------------------------------------------------------
@@ -140,25 +35,6 @@ def add_training_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--resume", action="store_true", help="从运行目录的最新检查点继续 / resume from latest")
 
 
-# 数据工具：towergpt.data.<name> 模块各实现一个 / one module per data tool
-DATA_TOOLS = [
-    ("convert", "格式转换：json↔jsonl、txt/parquet→jsonl、字段改名 / convert formats"),
-    ("merge", "合并多个语料文件 / merge corpus files"),
-    ("shuffle", "打乱记录（可大于内存）/ shuffle records, larger than memory"),
-    ("clean", "按长度、字符比例过滤并规整空白 / filter and normalise"),
-    ("dedup", "去重：完全相同 + MinHash 近似重复 / exact and near-duplicate removal"),
-]
-
-# 其余由独立模块实现的命令：(命令名, 模块, 帮助)
-MODULE_COMMANDS = [
-    ("eval", "towergpt.evaluate", "评估损失、困惑度、每字符比特或情感任务 / evaluate a checkpoint"),
-    ("plot", "towergpt.plot", "画训练曲线 / plot training curves"),
-    ("export", "towergpt.hf.export", "导出为 Hugging Face 格式 / export to the Hugging Face format"),
-    ("import", "towergpt.hf.import_hf", "从 Hugging Face Llama 检查点导入 / import a Llama-shaped HF checkpoint"),
-    ("serve", "towergpt.server.launch", "OpenAI 兼容的 HTTP 服务和网页聊天 / OpenAI-compatible server + web chat"),
-]
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="towergpt",
@@ -183,7 +59,7 @@ def build_parser() -> argparse.ArgumentParser:
     tok_train.add_argument("--overwrite", action="store_true",
                            help="替换已有的分词器目录（用旧分词器准备的数据要重新 prepare）"
                                 " / replace an existing tokenizer (then prepare its data again)")
-    tok_train.set_defaults(handler=_cmd_tokenizer_train)
+    tok_train.set_defaults(handler="towergpt.cli.handlers:tokenizer_train")
 
     # towergpt data prepare --input F... --tokenizer DIR --out DIR [--format pretrain] ...
     data = commands.add_parser("data", help="语料处理 / corpus processing")
@@ -205,10 +81,9 @@ def build_parser() -> argparse.ArgumentParser:
     prep.add_argument("--shard-tokens", type=int, default=100_000_000, help="每个分片最多多少 token")
     prep.add_argument("--seed", type=int, default=0, help="划分验证集的种子 / seed of the train/val split")
     prep.add_argument("--overwrite", action="store_true", help="替换已有的数据目录 / replace an existing data dir")
-    prep.set_defaults(handler=_cmd_data_prepare)
+    prep.set_defaults(handler="towergpt.cli.handlers:data_prepare")
     # towergpt data convert|merge|shuffle|clean|dedup ...
-    for name, help_text in DATA_TOOLS:
-        _module_command(data_commands, name, f"towergpt.data.{name}", help_text)
+    tools.add_data_tools(data_commands)
 
     # towergpt quickstart [--out DIR] [--minutes M]
     quick = commands.add_parser("quickstart", help="一条命令跑通整条流水线（内置语料）/ the whole pipeline")
@@ -216,33 +91,32 @@ def build_parser() -> argparse.ArgumentParser:
     quick.add_argument("--minutes", type=float, default=8.0, help="预训练的分钟数 / minutes of pretraining")
     quick.add_argument("--sft-minutes", type=float, default=3.0, help="对话微调的分钟数 / minutes of SFT")
     quick.add_argument("--device", default="auto", help="cpu / cuda / mps / auto")
-    quick.set_defaults(handler=_cmd_quickstart)
+    quick.set_defaults(handler="towergpt.cli.handlers:quickstart")
 
     # towergpt pretrain --config FILE [--set k=v ...] [--resume]
     pre = commands.add_parser("pretrain", help="在长文本上预训练 / pretrain on long text")
     add_training_args(pre)
-    pre.set_defaults(handler=_cmd_pretrain)
+    pre.set_defaults(handler="towergpt.cli.handlers:pretrain")
 
     # towergpt sft --config FILE [--set k=v ...] [--resume]
     sft = commands.add_parser("sft", help="对话微调（只在助手的话上算损失）/ dialogue fine-tuning")
     add_training_args(sft)
-    sft.set_defaults(handler=_cmd_sft)
+    sft.set_defaults(handler="towergpt.cli.handlers:sft")
 
     # towergpt dpo --config FILE [--set k=v ...] [--resume]
     dpo = commands.add_parser("dpo", help="偏好微调（DPO）/ preference tuning")
     add_training_args(dpo)
-    dpo.set_defaults(handler=_cmd_dpo)
+    dpo.set_defaults(handler="towergpt.cli.handlers:dpo")
 
-    # towergpt eval / plot / export / import / serve：各自的模块定义参数
-    for name, module, help_text in MODULE_COMMANDS:
-        _module_command(commands, name, module, help_text)
+    # towergpt eval / plot / export / import / serve
+    tools.add_tool_commands(commands)
 
     # towergpt generate ...
     gen = commands.add_parser("generate", help="用检查点续写文本 / continue a prompt")
     gen.add_argument("--ckpt", required=True, help="运行目录或检查点目录 / run or checkpoint dir")
     gen.add_argument("--prompt", required=True, help="开头文本 / prompt text")
     add_sampling_args(gen)
-    gen.set_defaults(handler=_cmd_generate)
+    gen.set_defaults(handler="towergpt.generate:generate_cli")
 
     # towergpt chat ...
     chat = commands.add_parser("chat", help="多轮对话（流式）/ multi-turn streaming chat")
@@ -250,24 +124,6 @@ def build_parser() -> argparse.ArgumentParser:
     chat.add_argument("--system", default=None, help="系统提示词 / system prompt")
     chat.add_argument("--message", default=None, help="只问一句，答案打印到标准输出 / one exchange, then exit")
     add_sampling_args(chat)
-    chat.set_defaults(handler=_cmd_chat, temperature=0.7, top_p=0.9, repetition_penalty=1.1)
+    chat.set_defaults(handler="towergpt.chat:chat_cli", temperature=0.7, top_p=0.9, repetition_penalty=1.1)
 
     return parser
-
-
-def main(argv: list[str] | None = None) -> None:
-    """命令行主函数：用户错误打印一行并以状态码 2 退出，Ctrl-C 以 130 退出。"""
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    try:
-        args.handler(args)
-    except TowerGPTError as error:
-        print(f"错误 / error: {error}", file=sys.stderr)
-        sys.exit(2)
-    except KeyboardInterrupt:
-        print("\n已中断 / interrupted", file=sys.stderr)
-        sys.exit(130)
-
-
-if __name__ == "__main__":
-    main()

@@ -1,0 +1,75 @@
+"""核心命令的“胶水”：把解析好的参数交给真正干活的函数。每个函数只在被调用时才 import 它的实现。
+
+为什么 import 写在函数里？这个文件被 `towergpt` 的每一次运行读到；顶层 import 训练代码，
+就等于 `towergpt generate` 也要先加载一遍训练循环。放在函数里，运行哪个命令就只加载哪个。
+（实现模块自己则在顶层正常 import，见 cli/__init__.py。）
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from towergpt.errors import TowerGPTError
+
+
+def tokenizer_train(args: argparse.Namespace) -> None:
+    from towergpt.tokenizer import train_tokenizer
+
+    train_tokenizer(inputs=args.input, vocab_size=args.vocab_size, out_dir=args.out, field=args.field,
+                    max_sentences=args.max_sentences, character_coverage=args.character_coverage,
+                    overwrite=args.overwrite)
+
+
+def data_prepare(args: argparse.Namespace) -> None:
+    from towergpt.data.prepare import prepare
+
+    common = dict(inputs=args.input, tokenizer_dir=args.tokenizer, out_dir=args.out, workers=args.workers,
+                  val_fraction=args.val_fraction, skip_bad=args.skip_bad, shard_tokens=args.shard_tokens,
+                  seed=args.seed, overwrite=args.overwrite)
+    # 只属于某一种数据的选项：给错了种类就说清楚，而不是悄悄忽略
+    if args.format != "pretrain" and args.field is not None:
+        raise TowerGPTError("--field 只用于 --format pretrain（对话记录的字段由格式决定）"
+                            " / --field only applies to --format pretrain")
+    if args.format == "pretrain" and args.max_seq_len is not None:
+        raise TowerGPTError("--max-seq-len 只用于 --format sft / dpo / --max-seq-len only applies to --format sft or dpo")
+    if args.format == "pretrain":
+        common["field"] = "text" if args.field is None else args.field
+    else:  # sft / dpo：一条记录一条（一对）序列，需要知道训练时的序列长度
+        common["max_seq_len"] = 1024 if args.max_seq_len is None else args.max_seq_len
+    prepare(args.format, **common)
+
+
+def pretrain(args: argparse.Namespace) -> None:
+    from towergpt.config import load_config
+    from towergpt.train.pretrain import run_pretrain
+
+    _print_summary(run_pretrain(load_config(args.config, args.set), resume=args.resume))
+
+
+def sft(args: argparse.Namespace) -> None:
+    from towergpt.config import load_config
+    from towergpt.train.sft import run_sft
+
+    _print_summary(run_sft(load_config(args.config, args.set), resume=args.resume))
+
+
+def dpo(args: argparse.Namespace) -> None:
+    from towergpt.config import load_config
+    from towergpt.train.dpo import run_dpo
+
+    _print_summary(run_dpo(load_config(args.config, args.set), resume=args.resume))
+
+
+def quickstart(args: argparse.Namespace) -> None:
+    from towergpt.quickstart import run_quickstart
+
+    run_quickstart(out_dir=args.out, minutes=args.minutes, sft_minutes=args.sft_minutes, device=args.device)
+
+
+def _print_summary(summary: dict) -> None:
+    from towergpt.train.distributed import is_main_process
+
+    if not is_main_process():
+        return
+    print("完成 / done: " + ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
+                                     for k, v in summary.items()))
