@@ -20,8 +20,10 @@ from typing import Iterator
 import torch
 
 from towergpt.chat_template import fit_to_context, generation_prompt_ids, render_chat
+from towergpt.checkpoint import load
+from towergpt.device import pick_device
 from towergpt.errors import TowerGPTError
-from towergpt.generate import stream_generate, stream_text
+from towergpt.generate import check_sampling_args, compile_for_decoding, stream_generate, stream_text
 
 HELP = """命令 / commands:
   /reset   清空对话历史，重新开始 / start a new conversation
@@ -131,10 +133,6 @@ class ChatSession:
 
 def chat_cli(args) -> None:
     """`towergpt chat`：交互式 REPL；`--message` 一问一答；标准输入是管道时每行一轮。"""
-    from towergpt.checkpoint import load
-    from towergpt.device import pick_device
-    from towergpt.generate import check_sampling_args, compile_for_decoding
-
     check_sampling_args(args)
     model, tokenizer = load(args.ckpt, pick_device(args.device))
     if args.compile:

@@ -33,6 +33,7 @@ from safetensors.torch import save_model as safetensors_save_model
 
 from towergpt.errors import TowerGPTError, where
 from towergpt.model import GPT, GPTConfig
+from towergpt.tokenizer import Tokenizer
 
 MODEL_FILE = "model.safetensors"
 CONFIG_FILE = "config.json"
@@ -338,8 +339,6 @@ def read_trainer_state(path: Path) -> dict:
 
 def load(path: str | Path, device: str | torch.device = "cpu"):
     """`towergpt.load(path) -> (model, tokenizer)`：path 是运行目录或检查点目录。"""
-    from towergpt.tokenizer import Tokenizer
-
     directory = resolve_checkpoint(path)
     model = load_model(directory, device)
     tokenizer = Tokenizer.load(directory)

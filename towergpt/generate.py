@@ -26,6 +26,7 @@ from typing import Iterable, Iterator
 
 import torch
 
+from towergpt.checkpoint import load
 from towergpt.device import pick_device
 from towergpt.errors import TowerGPTError
 from towergpt.model import GPT, KVCache
@@ -283,8 +284,6 @@ def check_sampling_args(args) -> None:
 
 def generate_cli(args) -> None:
     """`towergpt generate`：载入检查点，把续写内容边生成边打印到终端。"""
-    from towergpt.checkpoint import load
-
     check_sampling_args(args)
     device = pick_device(args.device)
     model, tokenizer = load(args.ckpt, device)

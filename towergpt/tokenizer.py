@@ -50,6 +50,10 @@ import shutil
 from pathlib import Path
 from typing import Iterable, Iterator, Sequence
 
+import sentencepiece as spm
+from tqdm import tqdm
+
+from towergpt.data.readers import check_input, iter_texts
 from towergpt.errors import TowerGPTError
 from towergpt.output_dir import check_out_dir, make_staging_dir, replace_dir
 
@@ -101,8 +105,6 @@ class Tokenizer:
 
     def __init__(self, model_bytes: bytes, source: str = "<memory>"):
         """从 tokenizer.model 的字节内容构造；source 只用于报错信息。"""
-        import sentencepiece as spm  # 延迟导入：`towergpt --help` 不必加载它
-
         try:
             self._sp = spm.SentencePieceProcessor(model_proto=model_bytes)
         except RuntimeError:
@@ -388,8 +390,6 @@ def train_tokenizer(
 
 def _check_train_args(inputs, vocab_size, field, max_sentences, character_coverage) -> list[Path]:
     """训练前先检查所有参数和输入文件：与其读了半小时语料再报错，不如一开始就说清楚。"""
-    from towergpt.data.readers import check_input
-
     if isinstance(inputs, (str, os.PathLike)):
         inputs = [inputs]
     if not inputs:
@@ -466,10 +466,6 @@ def _sample_sentences(paths: list[Path], field: str, max_sentences: int) -> tupl
     替换水池里随机的一行。读完后，每一行被留下的概率都恰好是 k/N——不需要事先知道 N，
     也不需要把全部 N 行装进内存。固定种子 0，同样的语料每次抽到同样的行，结果可复现。
     """
-    from tqdm import tqdm
-
-    from towergpt.data.readers import iter_texts
-
     rng = random.Random(0)
     reservoir: list[str] = []
     seen = 0
@@ -511,8 +507,6 @@ def _split_sentences(text: str) -> Iterator[str]:
 
 def _run_sentencepiece(sentences: list[str], vocab_size: int, character_coverage: float) -> bytes:
     """用 SentencePiece 训练 BPE，返回 tokenizer.model 的字节；它的报错翻译成人话。"""
-    import sentencepiece as spm
-
     model_writer = io.BytesIO()  # 模型直接写进内存，不经过临时文件
     try:
         spm.SentencePieceTrainer.train(

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import contextlib
 
+from fastapi import FastAPI
+
 from towergpt.server.auth import BearerAuth
 from towergpt.server.body_limit import BodySizeLimit
 from towergpt.server.engine import Engine
@@ -15,8 +17,6 @@ from towergpt.server.settings import ServerSettings
 
 def create_app(model, tokenizer, settings: ServerSettings | None = None):
     """返回 ASGI 应用；app.state.engine 是生成引擎（随应用启动、关闭）。"""
-    from fastapi import FastAPI
-
     settings = settings or ServerSettings()
     settings.check()
     model.eval()

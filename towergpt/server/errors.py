@@ -12,6 +12,10 @@ from __future__ import annotations
 import logging
 import re
 
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException
+
 log = logging.getLogger("towergpt.serve")
 
 # HTTP 状态码 → OpenAI 的错误类型
@@ -61,16 +65,11 @@ def error_body(status: int, message: str, param: str | None = None, code: str | 
 
 def error_response(status: int, message: str, param: str | None = None, code: str | None = None,
                    headers: dict | None = None):
-    from fastapi.responses import JSONResponse
-
     return JSONResponse(error_body(status, message, param, code), status_code=status, headers=headers)
 
 
 def install_error_handlers(app) -> None:
     """让 FastAPI 的每一种错误都以 OpenAI 格式返回。"""
-    from fastapi.exceptions import RequestValidationError
-    from starlette.exceptions import HTTPException
-
     @app.exception_handler(APIError)
     async def api_error(request, error: APIError):
         return error_response(error.status, error.message, error.param, error.code, error.headers)

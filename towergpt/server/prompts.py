@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+from towergpt.chat_template import render_chat
 from towergpt.errors import TowerGPTError
 from towergpt.server.errors import APIError
 from towergpt.server.schemas import ChatCompletionRequest, CompletionRequest, SamplingRequest
@@ -19,8 +20,6 @@ from towergpt.server.settings import ServerSettings
 
 def chat_generation(request: ChatCompletionRequest, tokenizer, settings: ServerSettings,
                     max_seq_len: int) -> GenerationRequest:
-    from towergpt.chat_template import render_chat
-
     # OpenAI 新增的 developer 角色就是 system 的新名字
     messages = [{"role": "system" if m.role == "developer" else m.role, "content": m.text()}
                 for m in request.messages]

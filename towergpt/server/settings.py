@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from towergpt.errors import TowerGPTError
+
 
 @dataclass
 class ServerSettings:
@@ -17,8 +19,6 @@ class ServerSettings:
 
     def check(self) -> None:
         """用户给错时抛 TowerGPTError。"""
-        from towergpt.errors import TowerGPTError
-
         for name in ("max_active", "max_tokens_limit", "max_body_bytes"):
             if getattr(self, name) < 1:
                 raise TowerGPTError(f"--{name.replace('_', '-')} 必须 ≥ 1 / must be at least 1")
