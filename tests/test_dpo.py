@@ -95,9 +95,11 @@ def test_loss_matches_a_hand_computed_example():
 
     objective = DPOObjective(freeze(FixedLogits(reference)), pad_id=3, beta=beta, label_smoothing=smoothing,
                              sft_weight=sft_weight)
-    loss, tokens, metrics = objective(FixedLogits(policy), batch, torch.device("cpu"))
+    result = objective(FixedLogits(policy), batch, torch.device("cpu"))
+    loss, metrics = result.loss, result.metrics
     assert loss.item() == pytest.approx(expected, rel=1e-6)
-    assert tokens == 4
+    assert result.tokens == 4
+    assert result.weight == 1 and not result.is_token_cross_entropy   # 按对加权；不是交叉熵，没有困惑度
     assert metrics["rewards/chosen"].item() == pytest.approx(chosen_reward, rel=1e-6)
     assert metrics["rewards/rejected"].item() == pytest.approx(rejected_reward, rel=1e-6)
     assert metrics["rewards/margin"].item() == pytest.approx(z, rel=1e-6)

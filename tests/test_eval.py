@@ -130,11 +130,30 @@ def test_sliding_windows_score_every_target_exactly_once():
     assert seen == list(range(1, 23))
 
 
-def test_sliding_window_evaluation_counts_each_token_once(model, tokenizer, texts_jsonl):
+def hand_computed_sliding_nats(model, stream: list[int], seq_len: int, stride: int) -> tuple[float, int]:
+    """滑动窗口的手算：目标 p（流里第 1..n-1 个）只计一次，在起点 s = k·stride 最小、又能看见它的窗口里
+    （p <= s + seq_len），上文是 stream[s:p]。模型是因果的：一次前向 stream[s:s + seq_len] 就给出这些上文的预测。"""
+    total, window_start, log_probs = 0.0, None, None
+    with torch.no_grad():
+        for p in range(1, len(stream)):
+            start = max(0, math.ceil((p - seq_len) / stride)) * stride
+            if start != window_start:
+                window = torch.tensor(stream[start:start + seq_len])
+                log_probs = F.log_softmax(model(window[None]).float(), dim=-1)[0]   # (T, V)
+                window_start = start
+            total -= log_probs[p - 1 - start, stream[p]].item()
+    return total, len(stream) - 1
+
+
+def test_sliding_window_evaluation_counts_each_token_once(model, tokenizer, texts, texts_jsonl):
     packed = evaluate_language_model(model, tokenizer, texts_jsonl)
-    sliding = evaluate_language_model(model, tokenizer, texts_jsonl, stride=SEQ_LEN // 4)
-    assert sliding["tokens"] == packed["tokens"] and sliding["stride"] == SEQ_LEN // 4
-    assert math.isfinite(sliding["loss"]) and sliding["loss"] != packed["loss"]
+    stride = SEQ_LEN // 4
+    sliding = evaluate_language_model(model, tokenizer, texts_jsonl, stride=stride, batch_size=3)
+    stream = [token for text in texts for token in [tokenizer.bos_id, *tokenizer.encode(text), tokenizer.eos_id]]
+    nats, count = hand_computed_sliding_nats(model, stream, SEQ_LEN, stride)
+    assert sliding["tokens"] == packed["tokens"] == count and sliding["stride"] == stride
+    assert sliding["loss"] == pytest.approx(nats / count, rel=1e-5)   # 每个目标恰好一次，各自带着最长的上文
+    assert sliding["loss"] != packed["loss"]
 
 
 def test_fingerprint_mismatch_is_refused(model, tokenizer, prepared_dir, tmp_path):

@@ -54,9 +54,10 @@ def test_sft_learns_the_task_and_resumes(tmp_path, start_checkpoint, sft_data):
     extended = write_config(tmp_path / "sft.yaml", start_checkpoint, sft_data, run_dir, max_steps=40)
     resumed = run_cli("sft", "--config", extended, "--resume")
     assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert "resuming from step 20" in resumed.stdout   # 接着第 20 步的检查点，而不是从头再来
     evals = [r["val_loss"] for r in rows(run_dir) if "val_loss" in r]
     losses = {r["step"]: r["loss"] for r in rows(run_dir) if "loss" in r}
-    assert max(losses) == 40
+    assert sorted(losses) == list(range(1, 41))       # 每一步恰好一行：续训没有重复或跳过
     assert losses[40] < losses[1] / 2, losses  # 只有答案几个 token，学得很快
     assert evals[-1] < evals[0]
     saved = yaml.safe_load((run_dir / "config.yaml").read_text())

@@ -4,6 +4,7 @@
 端到端（真实数据、SIGKILL 后续训）见 test_pretrain_cli.py。
 """
 
+import dataclasses
 import json
 import math
 from pathlib import Path
@@ -175,11 +176,11 @@ def test_non_finite_steps_are_skipped_then_stop_with_last_good_state(tmp_path):
 
     def poisoned(model, batch, device):
         calls["n"] += model.training
-        loss, tokens = language_model_objective(model, batch, device)
+        result = language_model_objective(model, batch, device)
         step = (calls["n"] + 1) // 2  # grad_accum=2
         if step == 3 or step >= 6:
-            loss = loss * float("nan")
-        return loss, tokens
+            result = dataclasses.replace(result, loss=result.loss * float("nan"))
+        return result
 
     trainer = make_trainer(config, poisoned)
     with pytest.raises(TowerGPTError, match="连续 3 步"):
@@ -205,9 +206,22 @@ def test_existing_run_without_resume_is_refused(tmp_path):
 
 
 def test_bf16_autocast_trains_on_cpu(tmp_path):
-    config = make_config(tmp_path, dtype="bfloat16", max_steps=3, save_every=0)
-    summary = make_trainer(config).run()
-    assert summary["step"] == 3 and math.isfinite(summary["val_loss"])
+    config = make_config(tmp_path, dtype="bfloat16", save_every=0)
+    forward_precisions = set()
+
+    def recording(model, batch, device):
+        # 目标函数被调用时（训练和验证），前向确实在 bf16 的 autocast 里
+        forward_precisions.add((torch.is_autocast_enabled("cpu"), torch.get_autocast_dtype("cpu")))
+        return language_model_objective(model, batch, device)
+
+    trainer = make_trainer(config, recording)
+    summary = trainer.run()
+    assert forward_precisions == {(True, torch.bfloat16)}
+    assert all(p.dtype == torch.float32 for p in trainer.model.parameters())   # 权重的主副本仍是 fp32
+    history = losses(tmp_path / "run")
+    assert summary["step"] == 8 and sorted(history) == list(range(1, 9))
+    assert history[8] < history[1]                                              # 确实在学
+    assert math.isfinite(summary["val_loss"])
 
 
 def test_checkpoint_loads_through_the_public_api(tmp_path, monkeypatch):

@@ -21,6 +21,9 @@ token 流，切成长 max_seq_len + 1 的窗口，相邻窗口共用一个 token
 最后那个不满长的窗口也算上：除了第一个 bos，流里每个 token 都恰好被预测一次，
 于是“交叉熵之和 / 原文字符数”是精确的 bpc。`--stride` 小于 max_seq_len 时窗口互相重叠（滑动窗口），
 每个 token 仍只计一次损失，但能看到更长的上文，评估更准、也更慢。
+
+损失怎么算？与训练时的验证走同一条路：train/objective.py 的 evaluate_objective 在每批上跑
+language_model_objective（预训练和 SFT 训练用的就是它），按每批的目标 token 数加权求和。
 """
 
 from __future__ import annotations
@@ -32,9 +35,23 @@ from dataclasses import dataclass, field as dataclass_field
 from pathlib import Path
 from typing import Iterable, Iterator
 
-from towergpt.errors import TowerGPTError, where
+import numpy as np
+import torch
+from tqdm import tqdm
 
-IGNORE_INDEX = -100          # 与 model.IGNORE_INDEX 相同：这个位置不计损失
+from towergpt import sentiment_task
+from towergpt.checkpoint import load, resolve_checkpoint
+from towergpt.data.demo_corpus import split_reviews
+from towergpt.data.prepare import load_meta
+from towergpt.data.pretrain_dataset import PackedPretrainData
+from towergpt.data.readers import check_input, iter_texts
+from towergpt.data.sft_dataset import SFTData, pad_right
+from towergpt.device import pick_device
+from towergpt.errors import TowerGPTError, where
+from towergpt.model import IGNORE_INDEX
+from towergpt.train import precision
+from towergpt.train.objective import evaluate_objective, language_model_objective
+
 SHARD_CHUNK_TOKENS = 1 << 20  # 从分片里一次读多少 token（memmap：只有这一段会进内存）
 
 
@@ -65,9 +82,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def main(args: argparse.Namespace) -> None:
     """命令行入口：评估，把 JSON 打印到标准输出（进度条在标准错误），--out 给出时另存一份。"""
-    from towergpt.checkpoint import load, resolve_checkpoint
-    from towergpt.device import pick_device
-
     _check_args(args)
     device = pick_device(args.device)
     checkpoint = resolve_checkpoint(args.ckpt)
@@ -152,10 +166,6 @@ def evaluate_language_model(model, tokenizer, data: str | Path | list, split: st
         batch_size: 每批几个窗口（sft 数据：几段对话）。
         dtype:      前向精度："float32"、"bfloat16"、"float16" 或 "auto"。
     """
-    from tqdm import tqdm
-
-    from towergpt.train import precision
-
     seq_len = model.config.max_seq_len
     stride = seq_len if stride is None else stride
     if not 1 <= stride <= seq_len:
@@ -164,9 +174,13 @@ def evaluate_language_model(model, tokenizer, data: str | Path | list, split: st
     source = _open_source(paths, tokenizer, split, field, max_tokens, seq_len, stride, batch_size)
     device = model.embed.weight.device
     compute_dtype = precision.pick_dtype(dtype, device)
+    model.eval()
     with tqdm(total=source.total_tokens, unit="tok", unit_scale=True, desc="评估 / eval", dynamic_ncols=True,
               disable=None) as progress:
-        nats, tokens = sum_token_losses(model, source.batches, compute_dtype, progress.update)
+        sums = evaluate_objective(language_model_objective, model, source.batches, device, compute_dtype,
+                                  on_result=lambda result: progress.update(result.weight))
+    # 每批的平均交叉熵 × 目标 token 数 = 这批的交叉熵之和；全部加起来除以总数才是真正的“每个 token 的平均”
+    nats, tokens = sums.weighted_loss, sums.weight
     if tokens == 0:
         raise TowerGPTError(f"{paths[0]}: 没有可评估的 token（数据是空的？）/ nothing to evaluate (empty data?)")
     return _report(nats, tokens, source, split, seq_len, stride, max_tokens)
@@ -209,8 +223,6 @@ def _open_source(paths: list[Path], tokenizer, split: str, field: str, max_token
     if paths[0].is_dir():
         if len(paths) > 1:
             raise TowerGPTError("--data 给了数据目录时只能给一个 / a prepared dir must be the only --data")
-        from towergpt.data.prepare import load_meta
-
         meta = load_meta(paths[0])
         _check_same_tokenizer(paths[0], meta, tokenizer)
         if meta.get("kind") == "sft":
@@ -238,8 +250,6 @@ def _check_same_tokenizer(data_dir: Path, meta: dict, tokenizer) -> None:
 def _pretrain_source(data_dir: Path, meta: dict, split: str, max_tokens: int | None, seq_len: int,
                      stride: int, batch_size: int, pad_id: int) -> _Source:
     """prepare 写出的预训练数据：把这个划分的所有分片首尾相连，当作一条 token 流。"""
-    from towergpt.data.pretrain_dataset import PackedPretrainData
-
     stats = meta[split]
     if not stats["tokens"]:
         raise TowerGPTError(f"{data_dir} 的 {split} 划分是空的（prepare 时 --val-fraction {meta['val_fraction']}），"
@@ -280,8 +290,6 @@ def _limit(pieces: Iterable, max_stream_tokens: int) -> Iterator:
 def _sft_source(data_dir: Path, meta: dict, split: str, max_tokens: int | None, seq_len: int,
                 batch_size: int) -> _Source:
     """对话数据：每段对话一行（与 SFT 训练的验证相同），只在助手说的话上算损失。"""
-    from towergpt.data.sft_dataset import SFTData
-
     data = SFTData(data_dir, split, seq_len)
     stats = meta[split]
     total = int(stats["assistant_tokens"])
@@ -309,8 +317,6 @@ def _stop_after(batches: Iterable, max_tokens: int) -> Iterator:
 def _text_source(paths: list[Path], tokenizer, field: str, max_tokens: int | None, seq_len: int,
                  stride: int, batch_size: int) -> _Source:
     """原始语料文件：用检查点的分词器当场分词，与 `data prepare` 一样写成 [bos] + 文本 + [eos]。"""
-    from towergpt.data.readers import check_input
-
     for path in paths:  # 先检查所有文件，免得评估到一半才发现最后一个文件名打错了
         check_input(path)
     counter = _Counter()
@@ -327,10 +333,6 @@ def _document_tokens(paths: list[Path], tokenizer, field: str, limit: int | None
     limit 给出时 token 流在第 limit 个 token 处截断。被截断的那篇只算保留下来的部分：
     把保留的 id 解码回文字再数字符（字节回退的字偶尔被切成两半，误差至多一两个字）。
     """
-    import numpy as np
-
-    from towergpt.data.readers import iter_texts
-
     produced = 0
     for path in paths:
         for _, text in iter_texts(path, field=field):
@@ -363,8 +365,6 @@ def iter_windows(pieces: Iterable, seq_len: int, stride: int) -> Iterator[tuple]
     除了流里的第一个 token（没有上文，无从预测），每个 token 恰好计一次损失。
     只在内存里保留当前窗口附近的一小段流：100 GB 的语料也不会撑爆内存。
     """
-    import numpy as np
-
     buffer = np.empty(0, dtype=np.int64)
     base = 0            # buffer[0] 在流里的位置
     start = 0           # 下一个窗口的起点（流里的位置）
@@ -386,60 +386,31 @@ def iter_windows(pieces: Iterable, seq_len: int, stride: int) -> Iterator[tuple]
 
 
 def _batches(windows: Iterable[tuple], batch_size: int, pad_id: int) -> Iterator[tuple]:
-    """把窗口凑成批次 (x, y)，形状 (B, T)。短窗口在右边补齐：x 补 pad_id，y 补 IGNORE_INDEX。
-
-    右补齐不影响真 token 的结果：模型是因果的，真 token 只能看见左边（同一窗口里的真 token）。
-    已经计过损失的目标（滑动窗口的重叠部分）在 y 里也写成 IGNORE_INDEX。
-    """
-    import torch
-
+    """把 (窗口, first_scored) 凑成批次 (x, y)，形状 (B, T)。"""
     group: list[tuple] = []
     for item in windows:
         group.append(item)
         if len(group) == batch_size:
-            yield _collate(group, pad_id, torch)
+            yield _padded(group, pad_id)
             group = []
     if group:
-        yield _collate(group, pad_id, torch)
+        yield _padded(group, pad_id)
 
 
-def _collate(group: list[tuple], pad_id: int, torch) -> tuple:
-    width = max(len(window) for window, _ in group) - 1
-    inputs = torch.full((len(group), width), pad_id, dtype=torch.long)          # (B, T)
-    targets = torch.full((len(group), width), IGNORE_INDEX, dtype=torch.long)   # (B, T)
-    for row, (window, first_scored) in enumerate(group):
-        window = torch.from_numpy(window)
-        inputs[row, :len(window) - 1] = window[:-1]
-        targets[row, first_scored:len(window) - 1] = window[1 + first_scored:]
-    return inputs, targets
+def _padded(group: list[tuple], pad_id: int) -> tuple:
+    """一组 (窗口, first_scored) -> 右补齐的 (x, y)：x 补 pad_id，y 补 IGNORE_INDEX，两个 LongTensor (B, T)。
 
-
-def sum_token_losses(model, batches: Iterable[tuple], dtype, on_tokens=lambda n: None) -> tuple[float, int]:
-    """逐批前向，返回 (交叉熵之和（nat），计损失的 token 数)。on_tokens(n) 用来推进进度条。
-
-    用“之和”而不是每批的平均：批与批的有效 token 数不同（最后一批、sft 的掩码），
-    先求和、最后再除以总数，才是真正的“每个 token 的平均损失”。
+    补齐用的就是 SFT / DPO 组批的那个 pad_right（data/sft_dataset.py）。它要 (token, 损失掩码)：
+    这里的掩码表示“从第 first_scored 个目标起才计损失”——滑动窗口里已经计过的重叠部分不再计。
+    右补齐不影响真 token 的结果：模型是因果的，真 token 只能看见左边（同一窗口里的真 token）。
     """
-    import torch
-    import torch.nn.functional as F
-
-    from towergpt.train import precision
-
-    device = model.embed.weight.device
-    total_nats, total_tokens = 0.0, 0
-    model.eval()
-    with torch.no_grad():
-        for inputs, targets in batches:
-            inputs, targets = inputs.to(device), targets.to(device)
-            with precision.autocast(device, dtype):
-                logits = model(inputs)                                                # (B, T, V)
-            nats = F.cross_entropy(logits.float().reshape(-1, logits.size(-1)), targets.reshape(-1),
-                                   ignore_index=IGNORE_INDEX, reduction="sum")
-            counted = int((targets != IGNORE_INDEX).sum())
-            total_nats += nats.item()
-            total_tokens += counted
-            on_tokens(counted)
-    return total_nats, total_tokens
+    sequences = []
+    for window, first_scored in group:
+        mask = np.zeros(len(window), dtype=np.uint8)
+        mask[first_scored + 1:] = 1        # 窗口里第 i 个 token 是目标 y[i-1]：i > first_scored 才计损失
+        sequences.append((window, mask))
+    inputs, targets = pad_right(sequences, pad_id)          # 两个 int64 数组 (B, T)
+    return torch.from_numpy(inputs), torch.from_numpy(targets)
 
 
 # ---------------------------------------------------------------------------
@@ -453,14 +424,10 @@ def evaluate_sentiment(model, tokenizer, reviews_path: str | Path | None = None)
     sentiment_heldout.jsonl 就是）；None 时用内置语料的留出评论（与 quickstart 完全相同的 1000 条）。
     这个任务要在 SFT 之后的检查点上才有意义：只预训练过的模型不会按对话格式作答。
     """
-    from towergpt import sentiment_task
-
     if reviews_path is not None:
         _check_reviews_file(Path(reviews_path))
         result = sentiment_task.evaluate(model, tokenizer, reviews_path)
         return {"task": "sentiment", "data": str(reviews_path), **result}
-    from towergpt.data.demo_corpus import split_reviews
-
     _, heldout = split_reviews()
     rows = [{"review": text, "label": label} for text, label in heldout]
     result = sentiment_task.evaluate_rows(model, tokenizer, rows)

@@ -9,7 +9,8 @@
 
     inputs  (2B, T)   第 0..B-1 行是各对的 chosen，第 B..2B-1 行是同样顺序的 rejected
     targets (2B, T)   错开一位的下一个 token；只有回答（含 <|im_end|>）的位置有值，其余是 -100
-    pairs   B         这一批有几对：DPO 的损失是“每对一个数”的平均，评估和梯度累积都按它加权
+    pairs   B         这一批有几对：DPO 的损失是“每对一个数”的平均，目标函数把它报成结果的权重
+                      （train/dpo.py），评估和梯度累积都按它加权
 
 右补齐：inputs 补 pad_id、targets 补 -100，与 SFT 相同（因果注意力下右边的 pad 影响不到真实 token）。
 宽度 T 取 2B 条序列里最长的那条减一：同一对的两条一般长度相近（提示相同），
@@ -61,7 +62,12 @@ class DPOData(SFTData):
 
     @property
     def characters_per_token(self) -> float:
-        """DPO 的损失不是“每个 token 的交叉熵”，换算成每字符比特数（bpc）没有意义：返回 0 表示不算。"""
+        """0.0：偏好数据没有“每个 token 的交叉熵”，也就谈不上每字符比特数（bpc）。
+
+        继承来的 SFTData 版本会拿回答的字符数去除，对 DPO 没有意义，所以覆盖成 0。真正决定报不报 bpc 的
+        是目标函数：DPO 的结果 is_token_cross_entropy 为 False，训练循环就既不算困惑度也不算 bpc
+        （见 train/objective.py 的 validation_metrics），不看这个数。
+        """
         return 0.0
 
     def pair(self, index: int) -> tuple[tuple[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]:

@@ -279,7 +279,8 @@ def pad_right(sequences: list[tuple[np.ndarray, np.ndarray]], pad_id: int) -> tu
     """把 N 条 (token id, 损失掩码) 右补齐成 (inputs, targets)，两个 int64 数组，形状都是 (N, T)。
 
     T = 最长那条的 token 数 - 1。inputs 是每条去掉最后一个 token，空位补 pad_id；
-    targets 是错开一位的下一个 token，只在掩码为 1 的位置有值，其余位置和空位都是 -100。
+    targets 是错开一位的下一个 token，只在掩码为 1 的位置有值，其余位置和空位都是 IGNORE_INDEX。
+    这是项目里唯一的右补齐：SFT 的对话、DPO 的偏好对、`towergpt eval` 的评估窗口都用它组批。
     """
     width = max(len(ids) for ids, _ in sequences) - 1
     inputs = np.full((len(sequences), width), pad_id, dtype=np.int64)      # (N, T)

@@ -13,6 +13,13 @@ WORLD_SIZE（总进程数）、MASTER_ADDR/MASTER_PORT（大家在哪里碰头�
 
 梯度累积时，只有最后一个微批次需要做 all-reduce：前面几次先在本地累加（DDP 的 no_sync），
 省掉 (grad_accum - 1) 次通信。
+
+训练循环（train/loop.py）里凡是“单进程、DDP、FSDP 做法不同”的地方，都在这里各有一个函数，
+循环每次只调用一个函数，不用自己分情况：
+    验证用哪个模型        evaluation_model / end_forward_only
+    保存什么              optimizer_state / model_for_saving
+    续训怎么载入          load_newest
+    进程间求和、求平均    sum_over_ranks / mean_over_ranks / all_reduce_sum / any_rank
 """
 
 from __future__ import annotations
@@ -21,14 +28,18 @@ import contextlib
 import hashlib
 import json
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import timedelta
+from pathlib import Path
+from typing import Callable
 
 import torch
 import torch.distributed as dist
 
 from towergpt.device import pick_device
 from towergpt.errors import TowerGPTError
+from towergpt.train.checkpointing import load_newest_intact
+from towergpt.train.objective import ResultSums
 
 
 @dataclass
@@ -48,6 +59,11 @@ class DistributedContext:
     def is_main(self) -> bool:
         """只有主进程（rank 0）写日志、打印进度、保存检查点。"""
         return self.rank == 0
+
+    @property
+    def sharded(self) -> bool:
+        """参数是否分片在各进程（FSDP）：是的话，任何一个进程手里都没有完整的模型。"""
+        return self.enabled and self.strategy == "fsdp"
 
 
 def rank_and_world() -> tuple[int, int]:
@@ -76,6 +92,13 @@ def setup(device_name: str, strategy: str) -> tuple[DistributedContext, torch.de
         backend = "nccl" if device.type == "cuda" else "gloo"
         dist.init_process_group(backend, timeout=timedelta(minutes=30))
     return context, device
+
+
+def check_optimizer(context: DistributedContext, optimizer_name: str) -> None:
+    """FSDP 下每个进程只有矩阵的一片，而 GaLore / Muon 要对完整的矩阵做分解或正交化。"""
+    if context.sharded and optimizer_name != "adamw":
+        raise TowerGPTError("train.distributed=fsdp 目前只支持 optim.name=adamw（GaLore / Muon 需要完整矩阵）/ "
+                            "FSDP supports only adamw")
 
 
 def teardown() -> None:
@@ -108,28 +131,72 @@ def wrap_model(model: torch.nn.Module, context: DistributedContext, device: torc
     return forward_model
 
 
-def full_model_state(model: torch.nn.Module, context: DistributedContext) -> dict:
-    """FSDP：把分散在各进程的参数分片收集成完整的 state_dict（放到 CPU，只有 rank 0 拿到内容）。"""
-    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+# ---- 验证、保存、续训：单进程 / DDP / FSDP 各自的做法 ------------------------------
 
-    return get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+def evaluation_model(forward_model: torch.nn.Module, context: DistributedContext) -> torch.nn.Module | None:
+    """验证时用来做前向的模型；返回 None 表示本进程不参与验证。
+
+    单进程 / DDP：只有 rank 0 评估，用去掉 DDP 外壳的模型（DDP 的前向会为梯度同步做准备，评估不需要通信）。
+    FSDP：参数分散在各进程，前向需要所有进程一起收集参数，所以每个进程都评估同样的批次，只有 rank 0 记录。
+    """
+    if context.sharded:
+        return forward_model
+    if not context.is_main:
+        return None
+    return getattr(forward_model, "module", forward_model)
 
 
-def full_optimizer_state(model, optimizer, context: DistributedContext) -> dict:
-    """FSDP：同上，收集完整的优化器状态。"""
+def end_forward_only(model: torch.nn.Module, context: DistributedContext) -> None:
+    """只做了前向（验证）之后调用。FSDP2 的根模块在只有前向、没有反向时会一直保留“收集好的完整参数”；
+    手动切回分片，否则之后取优化器状态时参数对不上号。其余情况什么都不用做。"""
+    if context.sharded:
+        model.reshard()
+
+
+def optimizer_state(model: torch.nn.Module, optimizer, context: DistributedContext) -> dict:
+    """写进检查点的优化器状态。FSDP：把各进程的分片收集成完整的状态（放到 CPU），任意进程数都能载入。"""
+    if not context.sharded:
+        return optimizer.state_dict()
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
 
-    return get_optimizer_state_dict(model, optimizer,
-                                    options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+    return get_optimizer_state_dict(model, optimizer, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
 
 
-def load_full_state(model, optimizer, model_state: dict, optimizer_state: dict) -> None:
-    """FSDP：把完整的 state_dict 切回各进程自己的分片（任意进程数都能载入同一个检查点）。"""
+def model_for_saving(model: torch.nn.Module, model_class: type, context: DistributedContext):
+    """要保存的模型。单进程 / DDP：就是 model。FSDP：所有进程一起把分片收集成完整权重，
+    rank 0 把它放进 CPU 上的一个新模型（model_class，即 FSDP 换类之前的 GPT）再保存，其余进程返回 None。"""
+    if not context.sharded:
+        return model
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+    full = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+    if not context.is_main:
+        return None
+    cpu_model = model_class(model.config)
+    cpu_model.load_state_dict(full)
+    return cpu_model
+
+
+def load_newest(run_dir: Path, model: torch.nn.Module, model_class: type, optimizer, context: DistributedContext,
+                warn: Callable[[str], None]) -> tuple[Path, dict]:
+    """续训：载入最新的完好检查点的权重和优化器状态，返回 (检查点目录, trainer_state)。
+
+    FSDP：先把完整权重读进 CPU 上的一个新模型，再由 set_state_dict 切成本进程的分片。
+    """
+    if not context.sharded:
+        directory, state = load_newest_intact(run_dir, model, warn)
+        optimizer.load_state_dict(state["optimizer"])
+        return directory, state
     from torch.distributed.checkpoint.state_dict import StateDictOptions, set_state_dict
 
-    set_state_dict(model, optimizer, model_state_dict=model_state, optim_state_dict=optimizer_state,
+    full_model = model_class(model.config)
+    directory, state = load_newest_intact(run_dir, full_model, warn)
+    set_state_dict(model, optimizer, model_state_dict=full_model.state_dict(), optim_state_dict=state["optimizer"],
                    options=StateDictOptions(full_state_dict=True))
+    return directory, state
 
+
+# ---- 梯度同步与进程间通信 ----------------------------------------------------------
 
 def skip_gradient_sync(model: torch.nn.Module, context: DistributedContext, skip: bool):
     """梯度累积的非最后一个微批次：不做梯度 all-reduce（返回一个上下文管理器）。"""
@@ -154,6 +221,29 @@ def all_reduce_sum(value: torch.Tensor, context: DistributedContext) -> torch.Te
     if context.enabled:
         dist.all_reduce(value, op=dist.ReduceOp.SUM)
     return value
+
+
+def mean_over_ranks(value: float, context: DistributedContext, device: torch.device) -> float:
+    """所有进程的 value 的平均（一个数）；单进程时原样返回。"""
+    if not context.enabled:
+        return value
+    total = torch.tensor([float(value)], device=device)
+    dist.all_reduce(total, op=dist.ReduceOp.SUM)
+    return total.item() / context.world_size
+
+
+def sum_over_ranks(sums: ResultSums, context: DistributedContext, device: torch.device) -> ResultSums:
+    """把各进程的一步结果之和加成全局之和，放回 Python 数（on_host=True），只做一次通信。
+
+    所有数打包进一个张量：[Σloss×w, W, tokens, Σ指标×w ...]（指标按名字排序，各进程顺序一致），
+    一次 all-reduce 比每个数各通信一次快得多。单进程时只是把张量搬回 CPU。
+    """
+    names = sorted(sums.weighted_metrics)
+    values = [sums.weighted_loss, sums.weight, sums.tokens, *(sums.weighted_metrics[name] for name in names)]
+    packed = torch.stack([torch.as_tensor(value, dtype=torch.float32, device=device) for value in values])
+    loss, weight, tokens, *metrics = all_reduce_sum(packed, context).tolist()
+    return replace(sums, on_host=True, weighted_loss=loss, weight=round(weight), tokens=round(tokens),
+                   weighted_metrics=dict(zip(names, metrics)))
 
 
 def any_rank(flag: bool, context: DistributedContext, device: torch.device) -> bool:

@@ -23,6 +23,8 @@ SFT 教模型“照着好答案说”；DPO 再教它“两个回答里更偏向
       在 torch.no_grad() 下前向——它永远不变，也不占梯度的内存；
     - 目标函数：chosen 和 rejected 拼成 2B 行一次前向，算上面的损失，并报告
       rewards/chosen、rewards/rejected、rewards/margin、rewards/accuracy 四个指标。
+      它交给循环的 ObjectiveResult（见 train/objective.py）里，权重是这批的对数（损失是“每对一个数”的平均），
+      is_token_cross_entropy 为 False：DPO 的损失不是交叉熵，评估行里于是没有困惑度和 bpc。
 """
 
 from __future__ import annotations
@@ -38,13 +40,14 @@ from towergpt.errors import TowerGPTError
 from towergpt.model import IGNORE_INDEX
 from towergpt.train.distributed import is_main_process, rank_and_world
 from towergpt.train.loop import Trainer
+from towergpt.train.objective import ObjectiveResult
 from towergpt.train.sft import load_initial_model
 
 
 def sequence_logprobs(logits: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """每一行：回答 token 的 log 概率之和，以及回答有几个 token。
 
-    logits (N, T, V)，targets (N, T)（-100 的位置不是回答，不计）。返回两个 (N,) 张量。
+    logits (N, T, V)，targets (N, T)（IGNORE_INDEX 的位置不是回答，不计）。返回两个 (N,) 张量。
     cross_entropy 给出的正是 −log p(目标 token)，被忽略的位置给 0，所以按行求和就是 −log π(y|x)。
     先转成 float32：bf16 下几百个 log 概率相加会丢掉不少精度。
     """
@@ -90,9 +93,10 @@ def freeze(model: torch.nn.Module) -> torch.nn.Module:
 
 
 class DPOObjective:
-    """DPO 的目标函数，接口同 train/loop.py：objective(model, batch, device) -> (loss, tokens, metrics)。
+    """DPO 的目标函数，接口见 train/objective.py：objective(model, batch, device) -> ObjectiveResult。
 
     batch 来自 DPOData：{"inputs": (2B, T), "targets": (2B, T), "pairs": B}，前 B 行 chosen，后 B 行 rejected。
+    结果的 weight = B（对数），tokens = 2B 行里不是 pad 的 token 数，metrics = 四个 rewards/ 指标。
     """
 
     def __init__(self, reference: torch.nn.Module, pad_id: int, beta: float = 0.1, label_smoothing: float = 0.0,
@@ -104,10 +108,11 @@ class DPOObjective:
         self.sft_weight = sft_weight
         self._reference_device: torch.device | None = None
 
-    def __call__(self, model, batch: dict, device: torch.device):
+    def __call__(self, model, batch: dict, device: torch.device) -> ObjectiveResult:
+        pairs = int(batch["pairs"])
+        tokens = int((batch["inputs"] != self.pad_id).sum())        # 在 CPU 上数：不必等 GPU
         inputs = batch["inputs"].to(device, non_blocking=True)      # (2B, T)
         targets = batch["targets"].to(device, non_blocking=True)    # (2B, T)
-        pairs = int(batch["pairs"])
         # 策略模型：chosen 和 rejected 一次前向（2B 行），梯度从这里流回
         policy_logps, answer_tokens = sequence_logprobs(model(inputs), targets)        # (2B,), (2B,)
         # 参考模型：不求梯度，只要它的 log 概率
@@ -117,7 +122,7 @@ class DPOObjective:
         loss, metrics = dpo_loss(policy_logps[:pairs], policy_logps[pairs:], reference_logps[:pairs],
                                  reference_logps[pairs:], self.beta, self.label_smoothing, chosen_nll,
                                  self.sft_weight)
-        return loss, int((inputs != self.pad_id).sum()), metrics
+        return ObjectiveResult(loss=loss, weight=pairs, tokens=tokens, metrics=metrics, is_token_cross_entropy=False)
 
     def _reference_on(self, device: torch.device) -> torch.nn.Module:
         """第一次用到时把参考模型搬到训练设备上（之后不再搬）。"""

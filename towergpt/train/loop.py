@@ -1,32 +1,47 @@
-"""唯一的训练循环：预训练、SFT、DPO 都用它，区别只在“目标函数”和“数据”。
+"""唯一的训练循环：预训练、SFT、DPO（以及之后的 GRPO）都用它，区别只在“目标函数”和“数据”。
 
-一步（step）= 一次参数更新：
+一步（step）= 一次参数更新，分两半（Trainer.train_step）：
 
+    ① 累积梯度（_accumulate_gradients）
     for 每个微批次（grad_accum 次）:
-        损失 = 目标函数(模型, 批次)            # autocast 下前向
-        (损失 × 权重).backward()              # 梯度在 .grad 里累加；权重见下
+        结果 = 目标函数(模型, 批次)                      # autocast 下前向；结果是一个 ObjectiveResult
+        (结果.loss × 结果.weight / 临时分母).backward()   # 梯度在 .grad 里累加；为什么这样加权见下
+    梯度 ×= 校正系数                                     # 于是 .grad 恰好是“一个大批次”的平均梯度
+    ② 更新参数（_apply_update）
     把梯度“反缩放”回真实大小（只有 fp16 需要）
-    裁剪梯度的全局范数                          # 必须在反缩放之后！原项目裁剪的是被放大的梯度
+    裁剪梯度的全局范数                                   # 必须在反缩放之后！原项目裁剪的是被放大的梯度
     损失或梯度不是有限数？跳过这次更新并记录
     optimizer.step()；清零梯度
 
-多进程（torchrun）时，每个进程跑同一个循环、读不同的数据；梯度在反向传播时自动求平均
+多进程（torchrun）时，每个进程跑同一个循环、读不同的数据；梯度在最后一次反向传播时自动对进程求平均
 （见 train/distributed.py）。只有 rank 0 打印、写指标、存检查点。
 
-目标函数的接口：objective(model, batch, device) -> (loss, tokens) 或 (loss, tokens, metrics)，
-    loss 是标量张量，tokens 是这个批次里的 token 数（用于统计吞吐）；
-    metrics（可选）是 {名字: 标量张量}，本批的附加指标（DPO 的 rewards/chosen 等），
-    与 loss 一样按批次加权平均后写进训练行，评估时加上 val_ 前缀写进评估行。
-    DPO 用的冻结参考模型由目标函数自己持有（见 train/dpo.py），循环只更新、保存 model。
-训练数据的接口：next_batch(batch_size)、state_dict()、load_state_dict()。
-验证数据的接口：iter_eval_batches(batch_size, max_batches)、characters_per_token。
+循环对任何一种具体的目标函数都一无所知，只认三样接口：
+    目标函数  objective(model, batch, device) -> ObjectiveResult（loss、weight、tokens、metrics、
+              是否交叉熵；见 train/objective.py）。DPO 的冻结参考模型由目标函数自己持有（train/dpo.py），
+              循环只更新、保存 model。
+    训练数据  next_batch(batch_size)、state_dict()、load_state_dict()
+    验证数据  iter_eval_batches(batch_size, max_batches)；可选 characters_per_token（换算 bpc 用）
 
-权重：loss 是一个微批次里若干“单位”上的平均，权重 = 本批单位数 / 这一步的总单位数。
-语言模型的单位是参与损失的目标 token：预训练每个微批次一样多，就是“除以 grad_accum”；
-SFT 里每批助手的 token 数各不相同，按 token 数加权才等于“把所有微批次拼成一个大批次”的平均
-（简单地除以 grad_accum 会让 token 少的批次里每个 token 分量更重）。DPO 的批次是 dict，带 "pairs"
-（这批有几对）：损失是每对一个数的平均，单位是对——哪怕 epoch 末的批次不满，
-累积 N 个微批次的梯度也恰好等于“一次算完所有对”的大批次梯度。
+权重：怎样让梯度累积恰好等于一个大批次
+    结果 i 的 loss_i 是 w_i 个单位（目标 token、偏好对……）上的平均。把 N 个微批次拼成一个大批次，
+    平均损失是 Σ w_i·loss_i / W（W = Σ w_i），它的梯度是 Σ w_i·g_i / W。简单地“除以 N”只在各批
+    单位数相同时才对：SFT 里每批助手的 token 数不同，DPO 在 epoch 末会有不满的批。
+
+    难处：w_i 写在目标函数交回的结果里——循环不知道批次长什么样，没法自己去数（GRPO 的 w_i 更是要等
+    采样出回答才有）；而反向必须紧跟前向，否则要同时留着所有微批次的激活值，梯度累积就白做了。
+    所以做第一次反向时，W 还不知道。办法：
+
+        先用一个临时分母 D 反向：第 i 个微批次反向 w_i·loss_i / D，.grad 累积成 Σ w_i·g_i / D；
+        全部做完、知道了 W 之后，梯度再乘 D / W，就恰好是 Σ w_i·g_i / W。
+
+    D 取“grad_accum × 第一个微批次的 w”，即假定每批都和第一批一样多。为什么不干脆 D = 1（反向“和”）？
+    fp16 下梯度会随单位数（成千上万个 token）一起变大而溢出；有了 D，每次反向的量级与普通的平均损失相同。
+    预训练每批的目标 token 一样多，D 恰好等于 W，校正系数是 1，这一步直接省掉。
+
+    多进程（P 个）：DDP / FSDP 在最后一次反向里把梯度对进程求平均（÷ P），所以各进程必须用同一个 D
+    （取各进程的平均），校正系数是 D·P / W_全局。结果是“所有进程的所有微批次拼成一个大批次”的平均梯度，
+    哪怕各进程的单位数不同。
 """
 
 from __future__ import annotations
@@ -41,11 +56,12 @@ import torch
 from tqdm import tqdm
 
 from towergpt.config import RunConfig, save_config
+from towergpt.device import pin_memory
 from towergpt.errors import TowerGPTError
 from towergpt.train import distributed, precision
-from towergpt.train.checkpointing import (clear_stale_temporaries, latest_checkpoint, load_newest_intact,
-                                          save_checkpoint)
+from towergpt.train.checkpointing import clear_stale_temporaries, latest_checkpoint, save_checkpoint
 from towergpt.train.metrics import MetricsLogger
+from towergpt.train.objective import ResultSums, evaluate_objective, validation_metrics
 from towergpt.train.optim import build_optimizer, learning_rate, set_learning_rate
 from towergpt.train.signals import StopRequest
 
@@ -75,9 +91,7 @@ class Trainer:
         if config.train.threads > 0:
             torch.set_num_threads(config.train.threads)
         self.dist, self.device = distributed.setup(config.train.device, config.train.distributed)
-        if self.dist.enabled and config.train.distributed == "fsdp" and config.optim.name != "adamw":
-            raise TowerGPTError("train.distributed=fsdp 目前只支持 optim.name=adamw（GaLore / Muon 需要完整矩阵）/ "
-                                "FSDP supports only adamw")
+        distributed.check_optimizer(self.dist, config.optim.name)
         self.dtype = precision.pick_dtype(config.train.dtype, self.device)
         self.model_class = type(model)   # FSDP 会把模型的类换成一个动态子类，先记下原来的
         self.model = model.to(self.device)
@@ -86,7 +100,6 @@ class Trainer:
         self.optimizer = build_optimizer(self.model, config.optim, self.device)
         self.scaler = precision.make_grad_scaler(self.device, self.dtype)
         self.progress = TrainProgress()
-        self.fsdp = self.dist.enabled and self.dist.strategy == "fsdp"
 
     # ---- 入口 ----------------------------------------------------------------
 
@@ -153,68 +166,69 @@ class Trainer:
     # ---- 一步训练 --------------------------------------------------------------
 
     def train_step(self, step: int) -> dict:
-        """做第 step 步（1 起）的一次完整更新，返回这一步的指标行。"""
-        train, optim = self.config.train, self.config.optim
+        """做第 step 步（1 起）的一次完整更新：① 累积梯度 ② 更新参数。返回这一步的指标行。"""
         started = time.perf_counter()
-        lr = learning_rate(step, optim, train.max_steps)
+        lr = learning_rate(step, self.config.optim, self.config.train.max_steps)
         set_learning_rate(self.optimizer, lr)
+        sums = self._accumulate_gradients()
+        grad_norm, updated = self._apply_update(step, sums.mean_loss)
 
-        # 先取出这一步的全部微批次（只是 token id，很小）：知道总单位数（目标 token 或偏好对）
-        # 才能给每个微批次定权重（见模块开头）
-        batches = [self.train_data.next_batch(train.micro_batch_size) for _ in range(train.grad_accum)]
-        if self.device.type == "cuda":
-            # 锁页内存（pinned）里的张量才能真正异步地拷到 GPU：目标函数里的 .to(device, non_blocking=True)
-            # 于是不等拷贝完成就返回，GPU 算上一个微批次时，下一个微批次已经在路上。
-            # 取批次本身只是从内存映射的分片里切几行 token（微秒级），不需要再开后台线程预取。
-            batches = [_pinned(batch) for batch in batches]
-        weights = [_loss_weight(batch) for batch in batches]
-        total_weight = max(sum(weights), 1)
-        loss_sum = torch.zeros((), device=self.device)
-        metric_sums: dict[str, torch.Tensor] = {}
-        tokens = 0
-        for micro_step, (batch, weight) in enumerate(zip(batches, weights)):
+        seconds = time.perf_counter() - started
+        self.progress.tokens_seen += sums.tokens
+        self.progress.elapsed_s += seconds
+        # 日志里的损失、附加指标是所有进程所有微批次的加权平均，token 数是所有进程之和
+        return {
+            "step": step, "tokens": self.progress.tokens_seen, "loss": sums.mean_loss, "lr": lr,
+            "grad_norm": grad_norm, "tok_per_s": sums.tokens / max(seconds, 1e-9),
+            "elapsed_s": round(self.progress.elapsed_s, 3), **sums.mean_metrics(),
+            **({} if updated else {"skipped": True}),
+        }
+
+    def _accumulate_gradients(self) -> ResultSums:
+        """① grad_accum 个微批次各做一次前向和反向，让 .grad 成为“一个大批次”的平均梯度（见模块开头）。
+
+        返回所有进程、所有微批次的结果之和（用来写日志）。
+        """
+        train = self.config.train
+        sums = ResultSums()
+        denominator = 1.0
+        for micro_step in range(train.grad_accum):
+            batch = self.train_data.next_batch(train.micro_batch_size)
+            if self.device.type == "cuda":
+                batch = pin_memory(batch)   # 锁页内存：拷到 GPU 时不用等（见 towergpt/device.py）
             # 多进程时，只有最后一个微批次的反向传播才在进程间同步梯度
             last = micro_step == train.grad_accum - 1
             with distributed.skip_gradient_sync(self.forward_model, self.dist, skip=not last):
                 with precision.autocast(self.device, self.dtype):
-                    loss, batch_tokens, metrics = _unpack(self.objective(self.forward_model, batch, self.device))
-                # 乘 weight / total_weight：各微批次的平均按单位数加权，相加后等于大批次的平均；
-                # 预训练每个微批次的目标 token 一样多，这就是“除以 grad_accum”
-                self.scaler.scale(loss * weight / total_weight).backward()
-            loss_sum += loss.detach() * weight
-            for name, value in metrics.items():
-                metric_sums[name] = metric_sums.get(name, 0.0) + value.detach().float() * weight
-            tokens += batch_tokens
-        # 日志里的损失和附加指标是所有进程的平均，token 数是所有进程之和（全局批次 = 微批次 × 累积 × 进程数）
-        names = sorted(metric_sums)
-        totals = torch.stack([loss_sum, torch.tensor(float(tokens), device=self.device),
-                              *(metric_sums[name] for name in names)])
-        loss_sum, tokens, *metric_values = distributed.all_reduce_sum(totals, self.dist)
-        loss_sum, tokens = loss_sum / self.dist.world_size, int(tokens.item())
-        extra = {name: (value / self.dist.world_size / total_weight).item() for name, value in zip(names, metric_values)}
+                    result = self.objective(self.forward_model, batch, self.device)
+                if micro_step == 0:   # 临时分母 D：假定每个微批次都和第一个一样多单位，各进程取同一个值
+                    first = distributed.mean_over_ranks(train.grad_accum * result.weight, self.dist, self.device)
+                    denominator = max(first, 1)
+                self.scaler.scale(result.loss * result.weight / denominator).backward()
+            sums.add(result)
+        totals = distributed.sum_over_ranks(sums, self.dist, self.device)
+        # 此刻 .grad = Σ w·g / D（多进程时又对进程求了平均）；乘 D·P / W 就是大批次的平均梯度
+        correction = denominator * self.dist.world_size / max(totals.weight, 1)
+        if correction != 1.0:
+            _scale_gradients(self.model, correction)
+        return totals
 
+    def _apply_update(self, step: int, loss: float) -> tuple[float, bool]:
+        """② 用累积好的梯度更新一次参数，并清零梯度；返回 (裁剪前的梯度范数, 这一步是否真的更新了)。"""
+        optim = self.config.optim
         # 先把 fp16 放大过的梯度缩回真实大小，再裁剪 —— 顺序反了，裁剪阈值就失去意义
         self.scaler.unscale_(self.optimizer)
         max_norm = optim.grad_clip if optim.grad_clip > 0 else float("inf")
-        grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), max_norm)
-        mean_loss = (loss_sum / total_weight).item()
-        finite = math.isfinite(mean_loss) and (self.scaler.is_enabled() or bool(torch.isfinite(grad_norm)))
+        grad_norm = float(torch.nn.utils.clip_grad_norm_(self.model.parameters(), max_norm))
+        finite = math.isfinite(loss) and (self.scaler.is_enabled() or math.isfinite(grad_norm))
         if finite:
             self.scaler.step(self.optimizer)  # fp16 下若梯度含 inf，scaler 自己会跳过并调小放大倍数
             self.scaler.update()
             self.progress.bad_streak = 0
         else:
-            self._on_bad_step(step, mean_loss, float(grad_norm))
+            self._on_bad_step(step, loss, grad_norm)
         self.optimizer.zero_grad(set_to_none=True)
-
-        seconds = time.perf_counter() - started
-        self.progress.tokens_seen += tokens
-        self.progress.elapsed_s += seconds
-        return {
-            "step": step, "tokens": self.progress.tokens_seen, "loss": mean_loss, "lr": lr,
-            "grad_norm": float(grad_norm), "tok_per_s": tokens / max(seconds, 1e-9),
-            "elapsed_s": round(self.progress.elapsed_s, 3), **extra, **({} if finite else {"skipped": True}),
-        }
+        return grad_norm, finite
 
     def _on_bad_step(self, step: int, loss: float, grad_norm: float) -> None:
         """损失或梯度是 NaN/inf：这一步不更新参数，只记录下来。"""
@@ -234,48 +248,21 @@ class Trainer:
 
     # ---- 评估 ----------------------------------------------------------------
 
-    @torch.no_grad()
     def evaluate(self) -> dict:
-        """在验证集上算平均损失、困惑度和每字符比特数（bpc）。
+        """在验证集上跑目标函数，返回评估行：val_loss、val_<指标>，交叉熵目标再加 val_ppl、val_bpc。
 
-        DDP 时只有 rank 0 评估（用不带 DDP 外壳的模型，不涉及通信）；FSDP 时参数分散在各进程，
-        前向需要所有进程一起参与，所以大家都评估同样的批次，只有 rank 0 记录。
+        各批按结果的权重加权（与训练的一步相同），不论目标是什么；哪些进程参与见 distributed.evaluation_model。
         """
-        if self.val_data is None or not (self.dist.is_main or self.fsdp):
+        eval_model = distributed.evaluation_model(self.forward_model, self.dist)
+        if self.val_data is None or eval_model is None:
             return {}
-        eval_model = self.forward_model if self.fsdp else getattr(self.forward_model, "module", self.forward_model)
-        self.model.eval()
-        loss_total, weight_total, metric_totals = 0.0, 0, {}
         batches = self.val_data.iter_eval_batches(self.config.train.micro_batch_size,
                                                   self.config.data.eval_batches or None)
-        pair_batches = False
-        for batch in batches:
-            with precision.autocast(self.device, self.dtype):
-                loss, _, metrics = _unpack(self.objective(eval_model, batch, self.device))
-            # 按损失“平均的单位”加权：语言模型按目标 token 数，DPO 按偏好对数
-            pair_batches = pair_batches or _pair_count(batch) is not None
-            weight = _loss_weight(batch)
-            loss_total += loss.item() * weight
-            weight_total += weight
-            for name, value in metrics.items():
-                metric_totals[name] = metric_totals.get(name, 0.0) + value.item() * weight
-        if self.fsdp:
-            # FSDP2 的根模块在只有前向、没有反向时会一直保留“收集好的完整参数”；手动切回分片，
-            # 否则之后取优化器状态时参数对不上号
-            self.model.reshard()
+        self.model.eval()
+        sums = evaluate_objective(self.objective, eval_model, batches, self.device, self.dtype)
+        distributed.end_forward_only(self.model, self.dist)
         self.model.train()
-        if weight_total == 0:
-            return {}
-        val_loss = loss_total / weight_total
-        result = {"val_loss": val_loss}
-        if not pair_batches:  # 困惑度 = exp(每个 token 的交叉熵)；DPO 的损失不是交叉熵，exp 它没有意义
-            result["val_ppl"] = math.exp(min(val_loss, 50.0))
-        result.update({f"val_{name}": total / weight_total for name, total in metric_totals.items()})
-        chars_per_token = getattr(self.val_data, "characters_per_token", None)
-        if chars_per_token:
-            # bpc = 每个 token 的比特数 / 每个 token 平均几个字符；与分词器无关，不同词表的模型可以直接比
-            result["val_bpc"] = val_loss / math.log(2) / chars_per_token
-        return result
+        return validation_metrics(sums, getattr(self.val_data, "characters_per_token", None))
 
     def _evaluate(self, bar) -> None:
         result = self.evaluate()
@@ -292,15 +279,13 @@ class Trainer:
         rng = {"cpu": torch.get_rng_state()}
         if self.device.type == "cuda":
             rng["cuda"] = torch.cuda.get_rng_state(self.device)
-        optimizer_state = (distributed.full_optimizer_state(self.model, self.optimizer, self.dist) if self.fsdp
-                           else self.optimizer.state_dict())
         return {
             "progress": {
                 "step": self.progress.step, "tokens_seen": self.progress.tokens_seen,
                 "elapsed_s": self.progress.elapsed_s, "bad_streak": self.progress.bad_streak,
                 "last_eval": dict(self.progress.last_eval),
             },
-            "optimizer": optimizer_state,
+            "optimizer": distributed.optimizer_state(self.model, self.optimizer, self.dist),
             "scaler": self.scaler.state_dict(),
             "data": self.train_data.state_dict(),
             # 每个进程的随机数状态（dropout 用到它）：续训后与不中断时完全一致
@@ -311,7 +296,7 @@ class Trainer:
     def _save(self) -> Path | None:
         """所有进程都要调用（FSDP 收集分片、随机数状态收集都是集体通信），只有 rank 0 写文件。"""
         state = self._trainer_state()
-        model = self._model_for_saving()
+        model = distributed.model_for_saving(self.model, self.model_class, self.dist)
         path = None
         if self.dist.is_main:
             path = save_checkpoint(self.run_dir, self.progress.step, model, self.tokenizer, state,
@@ -319,31 +304,14 @@ class Trainer:
         distributed.barrier(self.dist)
         return path or latest_checkpoint(self.run_dir)
 
-    def _model_for_saving(self):
-        """DDP / 单进程：就是 self.model。FSDP：把分片收集成完整权重，放进 CPU 上的一个新模型里再保存。"""
-        if not self.fsdp:
-            return self.model
-        full = distributed.full_model_state(self.model, self.dist)
-        if not self.dist.is_main:
-            return None
-        cpu_model = self.model_class(self.model.config)
-        cpu_model.load_state_dict(full)
-        return cpu_model
-
     def _resume(self) -> None:
         """从最新的完好检查点恢复一切；坏掉的检查点跳过（打印一行警告），见 train/checkpointing.py。"""
         if self.dist.is_main:
             # 上次进程被杀时没来得及删的 .tmp-* 目录：不删的话它一直占着磁盘，下次保存可能又满
             clear_stale_temporaries(self.run_dir / "checkpoints")
         warn = (lambda line: print(line, file=sys.stderr, flush=True)) if self.dist.is_main else (lambda line: None)
-        if self.fsdp:
-            # 先把完整权重读进 CPU 上的一个新模型，再由 FSDP 切成本进程的分片
-            full_model = self.model_class(self.model.config)
-            directory, state = load_newest_intact(self.run_dir, full_model, warn)
-            distributed.load_full_state(self.model, self.optimizer, full_model.state_dict(), state["optimizer"])
-        else:
-            directory, state = load_newest_intact(self.run_dir, self.model, warn)
-            self.optimizer.load_state_dict(state["optimizer"])
+        directory, state = distributed.load_newest(self.run_dir, self.model, self.model_class, self.optimizer,
+                                                   self.dist, warn)
         if state.get("world_size", 1) != self.dist.world_size:
             raise TowerGPTError(
                 f"{directory} 是用 {state.get('world_size', 1)} 个进程训练的，续训需要同样的进程数（现在是 "
@@ -369,36 +337,8 @@ class Trainer:
         }
 
 
-def _unpack(output) -> tuple:
-    """目标函数的返回值统一成 (loss, tokens, metrics)：没有附加指标的给一个空 dict。"""
-    if len(output) == 2:
-        return output[0], output[1], {}
-    return output
-
-
-def _pinned(batch):
-    """把批次（张量，或张量组成的 tuple / list / dict）放进锁页内存；其余值原样返回。"""
-    if isinstance(batch, torch.Tensor):
-        return batch.pin_memory()
-    if isinstance(batch, (tuple, list)):
-        return type(batch)(_pinned(item) for item in batch)
-    if isinstance(batch, dict):
-        return {key: _pinned(value) for key, value in batch.items()}
-    return batch
-
-
-def _loss_weight(batch) -> int:
-    """这个微批次的损失是多少个“单位”上的平均：DPO 是偏好对数，语言模型是参与损失的目标 token 数。"""
-    pairs = _pair_count(batch)
-    return pairs if pairs is not None else _count_targets(batch)
-
-
-def _pair_count(batch) -> int | None:
-    """DPO 批次（带 "pairs" 的 dict）里有几对偏好；其余批次返回 None。"""
-    return int(batch["pairs"]) if isinstance(batch, dict) and "pairs" in batch else None
-
-
-def _count_targets(batch) -> int:
-    """批次里参与损失的目标 token 数（标签不等于 -100 的位置）。"""
-    targets = batch[1] if isinstance(batch, (tuple, list)) else batch["targets"]
-    return int((targets != -100).sum())
+def _scale_gradients(model: torch.nn.Module, factor: float) -> None:
+    """把所有参数的梯度乘上 factor（梯度累积的校正，见模块开头）。FSDP 下 .grad 是分片，各乘各的即可。"""
+    for parameter in model.parameters():
+        if parameter.grad is not None:
+            parameter.grad.mul_(factor)

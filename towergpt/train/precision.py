@@ -1,4 +1,4 @@
-"""设备与混合精度。
+"""混合精度：autocast 用哪种 16 位浮点，以及 fp16 需要的 GradScaler。（选设备见 towergpt/device.py。）
 
 混合精度（autocast）：矩阵乘法用 16 位浮点（快一倍以上、省一半显存），
 累加、归一化、损失等对精度敏感的运算仍用 32 位；模型权重本身始终是 32 位“主副本”。
@@ -13,7 +13,6 @@ import contextlib
 
 import torch
 
-from towergpt.device import pick_device  # noqa: F401  (训练代码从这里取设备)
 from towergpt.errors import TowerGPTError
 
 

@@ -1,6 +1,7 @@
 """预训练入口：`towergpt pretrain --config FILE`。
 
-目标函数就是语言模型最朴素的任务：给定前面的 token，预测下一个。
+目标函数就是语言模型最朴素的任务：给定前面的 token，预测下一个
+（language_model_objective，定义在 train/objective.py：SFT 和 `towergpt eval` 也用它）。
 数据是把所有文档首尾相接、切成固定长度窗口的“打包流”（见 data/pretrain_dataset.py），
 没有一个 token 被浪费在 padding 上。
 """
@@ -16,20 +17,7 @@ from towergpt.errors import TowerGPTError
 from towergpt.model import GPT
 from towergpt.train.distributed import is_main_process, rank_and_world
 from towergpt.train.loop import Trainer
-
-
-def language_model_objective(model, batch, device, pad_id: int | None = None):
-    """(x, y) 都是 (B, T)：y 是 x 向左错一位，-100 的位置不计损失。返回 (平均交叉熵, 本批 token 数)。
-
-    预训练的批次没有 padding，token 数就是 B·T；SFT 的批次右补齐了 pad_id（见 train/sft.py），
-    给出 pad_id 时只数不是 pad 的 token，吞吐才不会被 padding 虚高。
-    """
-    inputs, targets = batch
-    inputs = inputs.to(device, non_blocking=True)
-    targets = targets.to(device, non_blocking=True)
-    _, loss = model(inputs, targets)
-    tokens = inputs.numel() if pad_id is None else int((inputs != pad_id).sum())
-    return loss, tokens
+from towergpt.train.objective import language_model_objective
 
 
 def resolve_vocab_size(config: RunConfig, tokenizer) -> None:

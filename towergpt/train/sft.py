@@ -17,13 +17,14 @@ from towergpt.config import RunConfig
 from towergpt.errors import TowerGPTError
 from towergpt.train.distributed import is_main_process, rank_and_world
 from towergpt.train.loop import Trainer
-from towergpt.train.pretrain import language_model_objective
+from towergpt.train.objective import language_model_objective
 
 
 def make_sft_objective(pad_id: int):
-    """SFT 的目标函数：就是预训练的交叉熵（-100 的位置自动忽略），只是 token 计数不含 padding。
+    """SFT 的目标函数：就是预训练的交叉熵（IGNORE_INDEX 的位置自动忽略），只是 token 计数不含 padding。
 
-    返回的函数仍是训练循环要的 objective(model, batch, device)，pad_id 已经“绑”在里面。
+    权重（参与损失的目标 token 数）只数助手说的话，所以梯度累积、验证都按助手 token 加权。
+    返回的函数仍是训练循环要的 objective(model, batch, device) -> ObjectiveResult，pad_id 已经“绑”在里面。
     """
     return functools.partial(language_model_objective, pad_id=pad_id)
 
