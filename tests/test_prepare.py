@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from conftest import SENTIMENT, run_cli
+from towergpt.data import pipeline as pipeline_module
 from towergpt.data import prepare as prepare_module
 from towergpt.data.prepare import load_meta, prepare, prepare_pretrain, token_dtype, validation_mask
 from towergpt.data.pretrain_dataset import PackedPretrainData
@@ -104,11 +105,11 @@ def test_each_format_round_trips_and_meta_counts(kind, tmp_path, review_tokenize
     assert meta["empty_documents"] == 0 and meta["skipped_records"] == 0
     assert not (out / "skipped.txt").exists()
     assert summary["train"] == meta["train"] and summary["mb_per_s"] > 0
-    assert not list(tmp_path.glob("data.tmp-*"))
+    assert not list(tmp_path.glob(".data.*"))   # 临时目录（见 output_dir.make_staging_dir）也删掉了
 
 
 def test_output_does_not_depend_on_worker_count(tmp_path, review_tokenizer_dir, documents, monkeypatch):
-    monkeypatch.setattr(prepare_module, "BATCH_DOCUMENTS", 16)  # 多分几批，让进程池真的并行、乱序完成
+    monkeypatch.setattr(pipeline_module, "BATCH_DOCUMENTS", 16)  # 多分几批，让进程池真的并行、乱序完成
     corpus = write_corpus(tmp_path / "corpus.jsonl", documents * 3, "jsonl")
     outputs = []
     for workers in (1, 2):
@@ -210,7 +211,7 @@ def test_bad_record_names_file_and_line_and_leaves_nothing(case, workers, tmp_pa
     message = str(error.value)
     assert f"{corpus}:4" in message and reason in message
     assert not out.exists()
-    assert not list(tmp_path.glob("data.tmp-*"))
+    assert not list(tmp_path.glob(".data.*"))   # 临时目录（见 output_dir.make_staging_dir）也删掉了
 
 
 def test_skip_bad_lists_skipped_records(tmp_path, review_tokenizer_dir, review_tokenizer):

@@ -17,7 +17,8 @@ from pathlib import Path
 import pytest
 
 from conftest import run_cli
-from towergpt.data import readers
+from towergpt.data.readers import json_array as json_array_reader
+from towergpt.data.readers import txt as txt_reader
 from towergpt.data.readers import iter_records, iter_texts
 from towergpt.errors import TowerGPTError
 
@@ -195,7 +196,7 @@ def test_json_array_reader_handles_any_chunk_boundary(tmp_path, monkeypatch, rea
         text = text.replace("\n", "\r\n")
     path = tmp_path / "a.json"
     path.write_bytes(text.encode("utf-8"))
-    monkeypatch.setattr(readers, "_JSON_READ_BYTES", read_bytes, raising=False)
+    monkeypatch.setattr(json_array_reader, "_JSON_READ_BYTES", read_bytes, raising=False)
     assert [record for _, record in iter_records(path, skip_bad=True)] == [
         record for record in TRICKY_ELEMENTS if isinstance(record, dict)]
     reports: list[str] = []
@@ -205,7 +206,7 @@ def test_json_array_reader_handles_any_chunk_boundary(tmp_path, monkeypatch, rea
 
 @pytest.mark.parametrize("read_bytes", [3, 1 << 20])
 def test_json_array_bad_record_inside_is_skipped_alone(tmp_path, monkeypatch, read_bytes):
-    monkeypatch.setattr(readers, "_JSON_READ_BYTES", read_bytes, raising=False)
+    monkeypatch.setattr(json_array_reader, "_JSON_READ_BYTES", read_bytes, raising=False)
     bad = ['{"text": "尾逗号",}', '{"text" "少冒号"}', '{"text": "a"} {"text": "b"}', '{"text": "控制字符\x01"}']
     path = write_json_array(tmp_path / "a.json", ['{"text": "好"}', *bad, '{"text": "也好"}'])
     message = error_of(path)
@@ -245,9 +246,9 @@ def test_json_array_broken_structure_stops_even_with_skip_bad(tmp_path, data, ex
 
 def small_limits(monkeypatch, max_chars: int, read_bytes: int) -> None:
     """把“每段最多几个字”和“一次读几个字节”调得很小，用几十个字就能试出切分逻辑。"""
-    monkeypatch.setattr(readers, "MAX_TXT_BLOCK_CHARS", max_chars)
+    monkeypatch.setattr(txt_reader, "MAX_TXT_BLOCK_CHARS", max_chars)
     # raising=False：修复前的代码没有这个常量（整行一次读进来），测试照样能跑，并且因为段太长而失败
-    monkeypatch.setattr(readers, "_TXT_READ_BYTES", read_bytes, raising=False)
+    monkeypatch.setattr(txt_reader, "_TXT_READ_BYTES", read_bytes, raising=False)
 
 
 @pytest.mark.parametrize("read_bytes", [4, 7, 16, 1 << 20])
@@ -271,11 +272,11 @@ def test_long_txt_line_is_split_without_losing_anything(tmp_path, monkeypatch, r
 
 
 def test_cut_point_prefers_sentence_end_then_space_then_hard_cut(monkeypatch):
-    monkeypatch.setattr(readers, "MAX_TXT_BLOCK_CHARS", 10)
-    assert readers._cut_point("一二三。”四五六七八九十", 5) == (10, 10)     # 窗口 [5, 10) 里没有句末和空白：硬切
-    assert readers._cut_point("一二三四五六。”八九十", 5) == (8, 8)          # 句末连同后引号留在前一段
-    assert readers._cut_point("one two three", 5) == (8, 8)                 # 没有句末：在空白之后切
-    assert readers._cut_point("一二三四五\n七八九十", 4) == (5, 6)           # 换行处切，换行本身不要
+    monkeypatch.setattr(txt_reader, "MAX_TXT_BLOCK_CHARS", 10)
+    assert txt_reader._cut_point("一二三。”四五六七八九十", 5) == (10, 10)     # 窗口 [5, 10) 里没有句末和空白：硬切
+    assert txt_reader._cut_point("一二三四五六。”八九十", 5) == (8, 8)          # 句末连同后引号留在前一段
+    assert txt_reader._cut_point("one two three", 5) == (8, 8)                 # 没有句末：在空白之后切
+    assert txt_reader._cut_point("一二三四五\n七八九十", 4) == (5, 6)           # 换行处切，换行本身不要
 
 
 def test_multibyte_character_is_never_split_between_reads(tmp_path, monkeypatch):

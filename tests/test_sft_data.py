@@ -13,7 +13,7 @@ import torch
 from conftest import SENTIMENT, run_cli
 from towergpt.chat_template import fit_to_context, render_chat
 from towergpt.cli import main as cli_main
-from towergpt.data import prepare as prepare_module
+from towergpt.data import pipeline as pipeline_module
 from towergpt.data.dialogue import record_to_messages
 from towergpt.data.prepare import load_meta, prepare, prepare_pretrain, prepare_sft, validation_mask
 from towergpt.data.sft_dataset import SFTData
@@ -154,7 +154,7 @@ def test_long_conversations_are_cut_by_whole_turns_or_skipped(tmp_path, review_t
 
 
 def test_output_does_not_depend_on_worker_count(tmp_path, review_tokenizer_dir, monkeypatch):
-    monkeypatch.setattr(prepare_module, "BATCH_DOCUMENTS", 7)   # 多分几批，让进程池真的并行、乱序完成
+    monkeypatch.setattr(pipeline_module, "BATCH_DOCUMENTS", 7)   # 多分几批，让进程池真的并行、乱序完成
     lines = [json.dumps(r, ensure_ascii=False) for r in make_records(120)]
     lines.insert(30, "{broken json")                              # 坏记录（--skip-bad）
     lines.insert(60, json.dumps({"messages": [{"role": "user", "content": "只有问题"}]}, ensure_ascii=False))

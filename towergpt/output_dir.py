@@ -1,6 +1,6 @@
 """写出一个完整的输出目录：先检查能不能写，在旁边的临时目录里写好，最后一步改名。
 
-`data prepare`、`export`、`import` 都这样做：
+`data prepare`、`tokenizer train`、`export`、`import` 都这样做：
     1. check_out_dir：目录非空时默认拒绝；--overwrite 也只替换“可以删的”目录——
        输入文件（语料、检查点、HF 模型）在它里面就绝不删，因为替换 = 整个删掉；
     2. 在 out 旁边的临时目录里写全部文件（同一个文件系统，改名才是瞬间完成的）；

@@ -6,7 +6,7 @@
     towergpt data convert --input a.parquet --out a.jsonl              # Parquet -> JSONL
     towergpt data convert --input a.jsonl   --out b.jsonl --rename content=text --rename title=标题
 
-输出格式由 --out 的扩展名决定（.jsonl 或 .json）。全程流式：JSON 数组一个元素一个元素地解析（见 readers.py），边解析边写，
+输出格式由 --out 的扩展名决定（.jsonl 或 .json）。全程流式：JSON 数组一个元素一个元素地解析（见 readers/json_array.py），边解析边写，
 Parquet 按批读取，内存与文件大小无关。
 
 纯文本怎么切成一条条记录（--max-chars，默认 2000 字）：

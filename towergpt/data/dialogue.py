@@ -35,7 +35,8 @@
 
 from __future__ import annotations
 
-from towergpt.data.readers import json_type_name as _type_name  # 用 JSON 的说法称呼类型：null、number、array……
+# 报错时列出记录有哪些键（看出字段名是不是写错了），用 JSON 的说法称呼类型（null、number、array……）
+from towergpt.data.readers import describe_keys, json_type_name as _type_name
 from towergpt.errors import TowerGPTError
 
 # 角色名的别名 -> 内部角色。比较前先转小写、去掉首尾空白（"Human"、" gpt " 也认）。
@@ -126,7 +127,7 @@ def detect_format(record: dict, location: str) -> str:
     matches = [kind for kind, keys in _REQUIRED_KEYS.items() if all(key in present for key in keys)]
     if len(matches) == 1:
         return matches[0]
-    keys = _describe_keys(record)
+    keys = describe_keys(record)
     if len(matches) > 1:
         raise DialogueError(
             location,
@@ -204,7 +205,7 @@ def _first_key(item: dict, candidates: tuple[str, ...], location: str, field: st
         if key in item:
             return key
     wanted = " / ".join(repr(key) for key in candidates)
-    keys = _describe_keys(item)
+    keys = describe_keys(item)
     raise DialogueError(location, f"消息里缺少 {wanted}，它有的键：{keys} / message lacks {wanted}, keys: {keys}",
                         field)
 
@@ -289,19 +290,6 @@ def _check_encodable(content: str, location: str, field: str) -> None:
 
 
 # ---------------------------------------------------------------------------
-# 小工具
-# ---------------------------------------------------------------------------
-
-def _describe_keys(record: dict, limit: int = 10) -> str:
-    """列出记录的键（值为 null 的标上 (null)），帮用户看出是不是字段名写错了。"""
-    names = [f"{key!r}(null)" if value is None else repr(key) for key, value in list(record.items())[:limit]]
-    if not names:
-        return "（无 / none）"
-    more = f" ...（共 {len(record)} 个 / {len(record)} in all）" if len(record) > limit else ""
-    return ", ".join(names) + more
-
-
-# ---------------------------------------------------------------------------
 # 偏好数据（DPO）：{"prompt", "chosen", "rejected"}
 # ---------------------------------------------------------------------------
 
@@ -329,7 +317,7 @@ def parse_preference(record: dict, location: str) -> tuple[list[dict], str, str]
         if any(record.get(key) is not None for keys in _REQUIRED_KEYS.values() for key in keys if key != "prompt"):
             hint = "；这像是对话数据，请用 --format sft / this looks like dialogue data: use --format sft"
         raise DialogueError(location, f"偏好记录缺少字段 {', '.join(missing)}（需要 prompt、chosen、rejected；"
-                                      f"这条记录的字段：{_describe_keys(record)}）/ preference record lacks "
+                                      f"这条记录的字段：{describe_keys(record)}）/ preference record lacks "
                                       f"{', '.join(missing)}{hint}", missing[0])
     messages = _prompt_entries(record, location)
     answers = []

@@ -17,8 +17,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from towergpt.data.prepare import META_FILE
-from towergpt.data.token_files import prepare_command
+from towergpt.data.data_format import META_FILE, prepare_command
 from towergpt.errors import TowerGPTError
 
 
