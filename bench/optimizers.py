@@ -31,7 +31,7 @@ from pathlib import Path
 import torch
 
 from towergpt.config import load_config
-from towergpt.data.demo_corpus import news_documents
+from towergpt.demo.corpus import news_documents
 from towergpt.data.prepare import prepare_pretrain
 from towergpt.data.pretrain_dataset import PackedPretrainData
 from towergpt.errors import TowerGPTError

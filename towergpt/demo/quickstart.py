@@ -22,7 +22,20 @@ from pathlib import Path
 
 import torch
 
+from towergpt.checkpoint import load, read_model_config, resolve_checkpoint
+from towergpt.config import load_config
+from towergpt.data.prepare import prepare_pretrain, prepare_sft
+from towergpt.data.pretrain_dataset import PackedPretrainData
+from towergpt.data.sft_dataset import SFTData
+from towergpt.demo import sentiment
+from towergpt.demo.corpus import build_demo_corpus
 from towergpt.errors import TowerGPTError
+from towergpt.generate import generate
+from towergpt.model import GPT
+from towergpt.tokenizer import Tokenizer, train_tokenizer
+from towergpt.train.loop import Trainer
+from towergpt.train.pretrain import build_model, language_model_objective, resolve_vocab_size, run_pretrain
+from towergpt.train.sft import load_initial_model, make_sft_objective, run_sft
 
 MARKER = ".towergpt-quickstart"
 PROMPTS = ["中国人民", "新年伊始，", "今天上午，国务院", "这本书的内容"]
@@ -38,22 +51,16 @@ def run_quickstart(out_dir: str = "runs/quickstart", minutes: float = 8.0, sft_m
     out = _fresh_output_dir(Path(out_dir))
 
     _banner(1, "构建内置语料 / building the built-in corpus")
-    from towergpt.data.demo_corpus import build_demo_corpus
-
     corpus_stats = build_demo_corpus(out / "corpus")
     print(f"新闻 {corpus_stats['news_documents']} 篇 {corpus_stats['news_characters']:,} 字，"
           f"评论 {corpus_stats['train_reviews']} 条（另留出 {corpus_stats['heldout_reviews']} 条不参与训练）")
 
     _banner(2, "训练分词器 / training the tokenizer")
-    from towergpt.tokenizer import train_tokenizer
-
     train_tokenizer(inputs=[str(out / "corpus" / "pretrain.jsonl")], vocab_size=vocab_size,
                     out_dir=str(out / "tokenizer"), field="text", max_sentences=2_000_000,
                     character_coverage=0.9995)
 
     _banner(3, "分词并打包数据 / preparing token shards")
-    from towergpt.data.prepare import prepare_pretrain
-
     prepare_pretrain([str(out / "corpus" / "pretrain.jsonl")], str(out / "tokenizer"), str(out / "data"),
                      val_fraction=0.02)
 
@@ -82,9 +89,6 @@ def run_quickstart(out_dir: str = "runs/quickstart", minutes: float = 8.0, sft_m
 
 def _pretrain(out: Path, minutes: float, device: str) -> dict:
     """tiny 预设；先实测几步的耗时，把分钟数折算成步数，让余弦学习率曲线恰好在时限内走完。"""
-    from towergpt.config import load_config
-    from towergpt.train.pretrain import run_pretrain
-
     base = [f"data.path={out / 'data'}", f"train.device={device}"]
     steps = _steps_for(minutes, _measure_step_seconds(_pretrain_probe(load_config("tiny", base))))
     config = _timed_config(base, out / "pretrain", steps, evaluations=8, max_warmup=50)
@@ -102,13 +106,8 @@ SFT_SETTINGS = ["train.micro_batch_size=32", "optim.lr=0.001", "optim.min_lr=0.0
 
 def _sft(out: Path, minutes: float, device: str) -> dict:
     """把训练部分的评论写成对话，准备数据，从预训练检查点出发做 SFT。"""
-    from towergpt import sentiment_task
-    from towergpt.config import load_config
-    from towergpt.data.prepare import prepare_sft
-    from towergpt.train.sft import run_sft
-
     dialogues = out / "corpus" / "sentiment_dialogues.jsonl"
-    sentiment_task.write_dialogues(out / "corpus" / "sentiment_train.jsonl", dialogues)
+    sentiment.write_dialogues(out / "corpus" / "sentiment_train.jsonl", dialogues)
     prepare_sft([str(dialogues)], str(out / "tokenizer"), str(out / "sft_data"), max_seq_len=256,
                 val_fraction=0.02)
     base = [f"init_from={out / 'pretrain'}", f"data.path={out / 'sft_data'}", f"train.device={device}",
@@ -121,11 +120,8 @@ def _sft(out: Path, minutes: float, device: str) -> dict:
 
 
 def _evaluate_sentiment(out: Path) -> dict:
-    from towergpt import sentiment_task
-    from towergpt.checkpoint import load
-
     model, tokenizer = load(out / "sft")
-    result = sentiment_task.evaluate(model, tokenizer, out / "corpus" / "sentiment_heldout.jsonl")
+    result = sentiment.evaluate(model, tokenizer, out / "corpus" / "sentiment_heldout.jsonl")
     print(f"准确率 / accuracy: {result['sentiment_accuracy']:.3f}（多数类基线 / majority baseline "
           f"{result['majority_baseline']:.3f}，{result['heldout_reviews']} 条从未训练过的评论）\n")
     for example in result["examples"]:
@@ -144,8 +140,6 @@ def _stop_if_interrupted(result: dict) -> dict:
 def _timed_config(base: list[str], run_dir: Path, steps: int, evaluations: int, max_warmup: int):
     """tiny 预设 + base 设置，训练 steps 步：大约评估 evaluations 次，每两次评估存一次检查点，
     预热取 steps 的 1/10（至多 max_warmup 步）。"""
-    from towergpt.config import load_config
-
     eval_every = max(10, steps // evaluations)
     return load_config("tiny", base + [
         f"train.out_dir={run_dir}", f"train.max_steps={steps}", f"train.eval_every={eval_every}",
@@ -161,11 +155,6 @@ def _steps_for(minutes: float, seconds_per_step: float) -> int:
 
 
 def _pretrain_probe(config):
-    from towergpt.data.pretrain_dataset import PackedPretrainData
-    from towergpt.tokenizer import Tokenizer
-    from towergpt.train.loop import Trainer
-    from towergpt.train.pretrain import build_model, language_model_objective, resolve_vocab_size
-
     data_dir = Path(config.data.path)
     data = PackedPretrainData(data_dir, "train", config.model.max_seq_len, seed=config.train.seed)
     resolve_vocab_size(config, Tokenizer.load(data_dir / "tokenizer"))
@@ -173,10 +162,6 @@ def _pretrain_probe(config):
 
 
 def _sft_probe(config):
-    from towergpt.data.sft_dataset import SFTData
-    from towergpt.train.loop import Trainer
-    from towergpt.train.sft import load_initial_model, make_sft_objective
-
     data_dir = Path(config.data.path)
     model, tokenizer = load_initial_model(config, data_dir)
     data = SFTData(data_dir, "train", config.model.max_seq_len, seed=config.train.seed)
@@ -197,9 +182,6 @@ def _measure_step_seconds(trainer) -> float:
 
 
 def _print_samples(run_dir: Path) -> list[dict]:
-    from towergpt.checkpoint import load
-    from towergpt.generate import generate
-
     model, tokenizer = load(run_dir)
     samples = []
     for prompt in PROMPTS:
@@ -217,9 +199,6 @@ def _print_samples(run_dir: Path) -> list[dict]:
 
 def _count_params(run_dir: Path) -> int:
     """检查点里模型的参数个数：按 config.json 在 meta 设备上搭一个空架子来数，不必读权重。"""
-    from towergpt.checkpoint import read_model_config, resolve_checkpoint
-    from towergpt.model import GPT
-
     with torch.device("meta"):   # meta 张量只有形状和类型、没有数据，不占内存，也不消耗随机数
         return GPT(read_model_config(resolve_checkpoint(run_dir))).num_params()
 

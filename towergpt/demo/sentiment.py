@@ -23,7 +23,7 @@ def question_for(review: str) -> str:
 
 
 def read_reviews(path: str | Path) -> list[dict]:
-    """读 demo_corpus 写出的 sentiment_*.jsonl：每行 {"review", "label"}。"""
+    """读 demo/corpus.py 写出的 sentiment_*.jsonl：每行 {"review", "label"}。"""
     with open(path, encoding="utf-8") as handle:
         return [json.loads(line) for line in handle if line.strip()]
 
