@@ -5,15 +5,21 @@
        输入文件（语料、检查点、HF 模型）在它里面就绝不删，因为替换 = 整个删掉；
     2. 在 out 旁边的临时目录里写全部文件（同一个文件系统，改名才是瞬间完成的）；
     3. replace_dir：改名为 out。别人看到的 out 要么不存在，要么是完整的。
+2、3 两步合在 staged_output 里：
+
+    with staged_output(out) as staging:
+        ...把文件写进 staging...
+    # 正常走完 with：staging 改名为 out；中途出任何错（包括 Ctrl-C）：staging 删掉，out 原样不动
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Iterable
+from typing import Iterable, Iterator
 
 from towergpt.errors import TowerGPTError
 
@@ -47,6 +53,18 @@ def check_out_dir(out: Path, overwrite: bool, flag: str = "--out", inputs: Itera
                 f"{path} 在输出目录 {out} 里面，--overwrite 会把它删掉；请换一个 {flag}"
                 f" / lies inside the output directory, which --overwrite would delete: choose another {flag}"
             )
+
+
+@contextlib.contextmanager
+def staged_output(out: Path) -> Iterator[Path]:
+    """给出 out 旁边的一个临时目录；with 正常结束时把它改名为 out，出错时删掉它、把错误原样抛出。"""
+    staging = make_staging_dir(out)
+    try:
+        yield staging
+        replace_dir(staging, out)
+    except BaseException:     # 包括 Ctrl-C（KeyboardInterrupt）：同样不留写了一半的临时目录
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
 
 
 def make_staging_dir(out: Path) -> Path:

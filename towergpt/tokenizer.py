@@ -46,7 +46,6 @@ import json
 import os
 import random
 import re
-import shutil
 from pathlib import Path
 from typing import Iterable, Iterator, Sequence
 
@@ -55,7 +54,7 @@ from tqdm import tqdm
 
 from towergpt.data.readers import check_input, iter_texts
 from towergpt.errors import TowerGPTError
-from towergpt.output_dir import check_out_dir, make_staging_dir, replace_dir
+from towergpt.output_dir import check_out_dir, staged_output
 
 # ---------------------------------------------------------------------------
 # 常量
@@ -445,16 +444,11 @@ def _save_atomically(tokenizer: Tokenizer, out_dir: Path) -> None:
     紧接着改名，别人看到的 out_dir 要么是原来的，要么（那一瞬间）不存在，要么是完整的新分词器，
     绝不会是半套。出错时删掉临时目录，不留垃圾。
     """
-    staging = make_staging_dir(out_dir)
     try:
-        tokenizer._write_files(staging)
-        replace_dir(staging, out_dir)
+        with staged_output(out_dir) as staging:   # 出错时它已删掉临时目录
+            tokenizer._write_files(staging)
     except OSError as err:  # 磁盘满、没有权限……：说清楚是哪个目录，而不是抛 traceback
-        shutil.rmtree(staging, ignore_errors=True)
         raise TowerGPTError(f"{out_dir}: 无法写入分词器 / cannot write tokenizer: {err.strerror or err}") from None
-    except BaseException:  # 其余一切，包括 Ctrl-C：同样删掉临时目录
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
 
 
 # -- 读语料、切句、抽样 -------------------------------------------------------

@@ -70,7 +70,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import shutil
 import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -86,7 +85,7 @@ from towergpt.data.prepare_summary import format_summary
 from towergpt.data.shard_writers import ConversationWriter, PairWriter, ShardWriter, SkippedLog
 from towergpt.data.split import SplitWriter
 from towergpt.errors import TowerGPTError
-from towergpt.output_dir import check_out_dir, make_staging_dir, replace_dir
+from towergpt.output_dir import check_out_dir, staged_output
 
 # 这些名字以前定义在这里，训练、数据集、测试都从这里导入，所以继续从这里导出（定义已搬到 data_format、split）
 from towergpt.data.data_format import FORMAT_VERSION, INDEX_DTYPE, MASK_DTYPE, load_meta
@@ -291,16 +290,11 @@ def _run_job(job: Job, write: Callable[[Path], dict], verbose: bool) -> dict:
     """
     out_dir = job.out_dir
     started = time.perf_counter()
-    staging = make_staging_dir(out_dir)
     try:
-        meta = write(staging)
-        replace_dir(staging, out_dir)
+        with staged_output(out_dir) as staging:   # 出错时（包括 Ctrl-C）它已删掉临时目录，不留半成品
+            meta = write(staging)
     except OSError as err:  # 没有写权限、磁盘满……：说清楚是哪个文件，而不是抛 traceback
-        shutil.rmtree(staging, ignore_errors=True)
         raise TowerGPTError(f"{err.filename or out_dir}: 读写失败 / I/O error: {err.strerror or err}") from None
-    except BaseException:  # 其余一切，包括 Ctrl-C（KeyboardInterrupt）：同样不留半成品
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
 
     elapsed = time.perf_counter() - started
     input_bytes = sum(item["bytes"] for item in meta["inputs"])

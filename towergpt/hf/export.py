@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import shutil
 from pathlib import Path
 
 import torch
@@ -36,7 +35,7 @@ from towergpt.checkpoint import load, resolve_checkpoint
 from towergpt.errors import TowerGPTError
 from towergpt.hf.llama_format import llama_config, to_llama_tensors
 from towergpt.hf.tokenizer_files import build_tokenizer_json, special_tokens_map, tokenizer_config
-from towergpt.output_dir import apply_umask, check_out_dir, make_staging_dir, replace_dir
+from towergpt.output_dir import apply_umask, check_out_dir, staged_output
 
 DTYPES = ("float32", "bfloat16", "float16")
 
@@ -55,13 +54,8 @@ def export_hf(ckpt: str | Path, out: str | Path, dtype: str = "float32", overwri
     directory = resolve_checkpoint(ckpt)
     check_out_dir(out, overwrite, "--out", inputs=[directory])
     model, tokenizer = load(directory)
-    staging = make_staging_dir(out)
-    try:
+    with staged_output(out) as staging:
         write_hf_files(model, tokenizer, (directory / "tokenizer.model").read_bytes(), staging, dtype)
-        replace_dir(staging, out)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
     return out
 
 

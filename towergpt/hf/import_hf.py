@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import shutil
 from pathlib import Path
 
 import torch
@@ -29,7 +28,7 @@ from towergpt.config import RunConfig, save_config
 from towergpt.errors import TowerGPTError
 from towergpt.hf.llama_format import from_llama_tensors, gpt_config_from_llama
 from towergpt.model import GPT
-from towergpt.output_dir import check_out_dir, make_staging_dir, replace_dir
+from towergpt.output_dir import check_out_dir, staged_output
 from towergpt.tokenizer import Tokenizer
 from towergpt.train.checkpointing import checkpoint_name
 
@@ -55,8 +54,7 @@ def import_hf(source: str | Path, out: str | Path, max_seq_len: int | None = Non
             f"{source}: 分词器词表 ({tokenizer.vocab_size}) 大于模型词表 vocab_size ({model.config.vocab_size})"
             f" / the tokenizer is larger than the model's vocabulary"
         )
-    staging = make_staging_dir(out)
-    try:
+    with staged_output(out) as staging:
         checkpoints = staging / "checkpoints"
         step_dir = checkpoint_name(0)   # 与训练写出的第 0 步检查点同名：checkpoints/step_00000000
         save_model_files(model, tokenizer, checkpoints / step_dir)
@@ -64,10 +62,6 @@ def import_hf(source: str | Path, out: str | Path, max_seq_len: int | None = Non
         run_config = RunConfig(model=model.config)
         run_config.train.out_dir = str(out)
         save_config(run_config, staging / "config.yaml")
-        replace_dir(staging, out)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
     return out
 
 
