@@ -38,7 +38,7 @@ import re
 import unicodedata
 from dataclasses import dataclass
 
-from towergpt.data.tool_io import RecordWriter, Report, add_common_arguments, check_inputs, iter_inputs_with_progress
+from towergpt.data.tool_io import RecordWriter, Report, check_inputs, iter_inputs_with_progress
 from towergpt.errors import TowerGPTError
 
 # 对话 / 偏好格式里，值是一段正文的字段；值是消息列表的字段；消息里放正文的字段
@@ -85,26 +85,6 @@ def _char_class(ranges) -> str:
 # 两个汉字（或中文标点）之间的空格（--join-cjk-spaces）
 _CJK_TEXT = _char_class(HAN_RANGES + CJK_PUNCTUATION_RANGES)
 _SPACE_BETWEEN_CJK = re.compile(f"(?<=[{_CJK_TEXT}]) (?=[{_CJK_TEXT}])")
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    add_common_arguments(parser)
-    parser.add_argument("--field", default="text",
-                        help="要清洗的文本字段，默认 text；没有它的记录按对话 / 偏好格式处理 / text field")
-    parser.add_argument("--min-chars", type=int, default=1, help="清洗后至少多少字，默认 1（只丢空记录）")
-    parser.add_argument("--max-chars", type=int, default=None, help="清洗后最多多少字 / max characters")
-    parser.add_argument("--min-ratio", type=float, default=None,
-                        help="--char-class 类字符至少占非空白字符的比例，例如 0.5 / min ratio of a character class")
-    parser.add_argument("--char-class", default="cjk", choices=sorted(CHAR_CLASSES),
-                        help="--min-ratio 数哪一类字符，默认 cjk（汉字 + 中文标点 + 假名 + 韩文）")
-    parser.add_argument("--max-symbol-ratio", type=float, default=None,
-                        help="非文本符号（表情、框线、乱码 ……）最多占的比例 / max ratio of symbols")
-    parser.add_argument("--nfkc", action="store_true",
-                        help="做 NFKC 规范化（会把全角标点变半角）/ apply Unicode NFKC")
-    parser.add_argument("--keep-whitespace", action="store_true",
-                        help="不合并空格、不去行首行尾空白（代码数据）/ keep whitespace as is")
-    parser.add_argument("--join-cjk-spaces", action="store_true",
-                        help="删掉两个汉字之间的空格（分过词的语料）/ remove spaces between CJK characters")
 
 
 def main(args: argparse.Namespace) -> None:

@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Iterable, Iterator
 
 from towergpt.data.readers import iter_texts, record_location
-from towergpt.data.tool_io import (Progress, RecordWriter, Report, add_common_arguments, check_inputs,
+from towergpt.data.tool_io import (Progress, RecordWriter, Report, check_inputs,
                                    iter_input)
 from towergpt.errors import TowerGPTError
 
@@ -38,16 +38,6 @@ PARAGRAPH_JOINER = "\n\n"
 # 句末：中文的 。！？…（可以连写，如“！？”、“……”），英文的 !?，后面可能跟着右引号、右括号；
 # 英文的句号要求后面是空白（否则 3.14、www.a.com 会被切开）；换行也算一处可切的位置。
 SENTENCE_END = re.compile(r"(?:[。！？!?…]+[”’\"'」』）)]*|\.(?=\s)|\n)")
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    add_common_arguments(parser, multiple_inputs=False)
-    parser.add_argument("--rename", action="append", default=[], metavar="OLD=NEW",
-                        help="把字段 OLD 改名为 NEW，可重复 / rename a field, repeatable")
-    parser.add_argument("--field", default="text",
-                        help="txt 输入时，文本写进哪个字段，默认 text / field that receives txt text")
-    parser.add_argument("--max-chars", type=int, default=DEFAULT_MAX_CHARS,
-                        help=f"txt 输入时每条记录最多多少字，默认 {DEFAULT_MAX_CHARS} / max characters per txt chunk")
 
 
 def main(args: argparse.Namespace) -> None:

@@ -48,7 +48,7 @@ import unicodedata
 from pathlib import Path
 
 from towergpt.data.clean import find_text_slots, slots_text
-from towergpt.data.tool_io import RecordWriter, Report, add_common_arguments, check_inputs, iter_inputs_with_progress
+from towergpt.data.tool_io import RecordWriter, Report, check_inputs, iter_inputs_with_progress
 from towergpt.errors import TowerGPTError
 
 DEFAULT_THRESHOLD = 0.8
@@ -58,21 +58,6 @@ DEFAULT_NGRAM = 5
 # 一次给多少片瓦片算全部哈希：矩阵 (SHINGLE_CHUNK, num_perm) 个 uint64，1024 × 128 × 8 = 1 MB。
 # 分块是为了让一篇几十万字的长文也不会一次占用几百 MB；1 MB 左右的块正好待在 CPU 缓存里，算得最快。
 SHINGLE_CHUNK = 1024
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    add_common_arguments(parser)
-    parser.add_argument("--field", default="text",
-                        help="按哪个字段去重，默认 text；没有它的记录按对话 / 偏好格式的全部正文 / text field")
-    parser.add_argument("--threshold", type=float, default=DEFAULT_THRESHOLD,
-                        help=f"估计的 Jaccard 相似度达到多少算近似重复，默认 {DEFAULT_THRESHOLD}")
-    parser.add_argument("--num-perm", type=int, default=DEFAULT_NUM_PERM,
-                        help=f"MinHash 签名的长度（哈希函数个数），默认 {DEFAULT_NUM_PERM}")
-    parser.add_argument("--ngram", type=int, default=DEFAULT_NGRAM, help=f"瓦片的字数，默认 {DEFAULT_NGRAM}")
-    parser.add_argument("--seed", type=int, default=0, help="MinHash 哈希函数的随机种子 / seed of the hash functions")
-    parser.add_argument("--exact-only", action="store_true", help="只去完全相同的 / exact duplicates only")
-    parser.add_argument("--pairs", default=None,
-                        help="把重复对（被丢的、保留的、种类、相似度）写进这个 JSONL 文件 / write duplicate pairs")
 
 
 def main(args: argparse.Namespace) -> None:

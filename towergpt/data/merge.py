@@ -13,15 +13,8 @@ from __future__ import annotations
 
 import argparse
 
-from towergpt.data.tool_io import RecordWriter, Report, add_common_arguments, check_inputs, iter_inputs_with_progress
+from towergpt.data.tool_io import RecordWriter, Report, check_inputs, iter_inputs_with_progress
 from towergpt.errors import TowerGPTError
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    add_common_arguments(parser)
-    parser.add_argument("--source-field", default=None,
-                        help="在每条记录里加这个字段，值是来源文件名 / add a field naming the source file")
-    parser.add_argument("--field", default="text", help="txt 输入时，文本写进哪个字段，默认 text")
 
 
 def main(args: argparse.Namespace) -> None:

@@ -31,7 +31,7 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from towergpt.data.tool_io import (RecordWriter, Report, add_common_arguments, check_inputs, encode_record,
+from towergpt.data.tool_io import (RecordWriter, Report, check_inputs, encode_record,
                                    iter_inputs_with_progress)
 from towergpt.errors import TowerGPTError
 
@@ -45,15 +45,6 @@ MAX_BUCKETS = 256
 
 # 估计桶数时留的余量：随机分桶有大有小，让平均的桶比预算小一些，绝大多数桶就不必再分
 BUCKET_SLACK = 1.3
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    add_common_arguments(parser)
-    parser.add_argument("--seed", type=int, default=0, help="随机种子，相同的种子给出相同的顺序 / random seed")
-    parser.add_argument("--memory-mb", type=float, default=DEFAULT_MEMORY_MB,
-                        help=f"打乱时最多用多少 MB 内存放一个桶，默认 {DEFAULT_MEMORY_MB} / memory budget per bucket")
-    parser.add_argument("--tmp-dir", default=None, help="临时桶文件放在哪里，默认输出文件所在的目录 / temp dir")
-    parser.add_argument("--field", default="text", help="txt 输入时，文本写进哪个字段，默认 text")
 
 
 def main(args: argparse.Namespace) -> None:

@@ -281,16 +281,3 @@ def _approximate_size(record: dict) -> int:
         size += len(key) + 4
         size += len(value) * 2 if isinstance(value, str) else 16
     return size
-
-
-def add_common_arguments(parser, multiple_inputs: bool = True) -> None:
-    """每个数据工具都有的参数：--input、--out、--overwrite、--skip-bad。"""
-    if multiple_inputs:
-        parser.add_argument("--input", nargs="+", required=True,
-                            help="输入文件（.jsonl .json .parquet .txt），可以多个 / input files")
-    else:
-        parser.add_argument("--input", required=True, help="输入文件（.jsonl .json .parquet .txt）/ input file")
-    parser.add_argument("--out", required=True, help="输出文件（.jsonl，或 .json 数组）/ output file")
-    parser.add_argument("--overwrite", action="store_true", help="替换已存在的输出文件 / replace an existing output")
-    parser.add_argument("--skip-bad", action="store_true",
-                        help="跳过坏记录（计入报告）而不是报错停下 / skip bad records instead of stopping")
