@@ -38,6 +38,8 @@ import re
 import unicodedata
 from dataclasses import dataclass
 
+import numpy as np
+
 from towergpt.data.tool_io import RecordWriter, Report, check_inputs, iter_inputs_with_progress
 from towergpt.errors import TowerGPTError
 
@@ -277,8 +279,6 @@ def count_classes(text: str) -> dict[str, int]:
     做法：文本 -> 码位数组（numpy），在一张“码位 -> 类别位”的查找表里一次查出每个字符的类别，
     再数每一位有多少个 1。逐字调用 unicodedata.category 的 Python 循环要慢几十倍。
     """
-    import numpy as np
-
     codes = np.frombuffer(text.encode("utf-32-le", "surrogatepass"), dtype=np.uint32)
     flags = char_table()[codes]
     counts = {name: int(np.count_nonzero(flags & flag)) for name, flag in CHAR_CLASSES.items()}
@@ -295,8 +295,6 @@ def char_table():
     替换字符 U+FFFD），以及 Co（私用区）、Cn（未分配）、Cs（代理项）。LETTER 是类别 L*（汉字也是字母），
     DIGIT 是 Nd（十进制数字），SPACE 是 str.isspace() 为真的字符。
     """
-    import numpy as np
-
     table = np.zeros(0x110000, dtype=np.uint8)
     for ranges, flag in ((HAN_RANGES, HAN | CJK), (CJK_PUNCTUATION_RANGES, CJK), (CJK_OTHER_RANGES, CJK),
                          (LATIN_RANGES, LATIN)):

@@ -47,6 +47,8 @@ import hashlib
 import unicodedata
 from pathlib import Path
 
+import numpy as np
+
 from towergpt.data.clean import find_text_slots, slots_text
 from towergpt.data.tool_io import RecordWriter, Report, check_inputs, iter_inputs_with_progress
 from towergpt.errors import TowerGPTError
@@ -143,8 +145,6 @@ class MinHashIndex:
     """保留下来的文本的 MinHash 签名 + LSH 分段字典；query 找近似重复，add 加入一篇保留的文本。"""
 
     def __init__(self, num_perm: int, ngram: int, threshold: float, seed: int = 0):
-        import numpy as np
-
         self.np = np
         self.num_perm = num_perm
         self.ngram = ngram
@@ -239,8 +239,6 @@ def shingle_hashes(text: str, ngram: int):
     再用 splitmix64 的收尾步骤把比特充分打散，取高 32 位。文本不足 ngram 个字时，整段就是一片瓦片。
     重复出现的瓦片不必先去掉：集合的最小值和“带重复的列表”的最小值是同一个数。
     """
-    import numpy as np
-
     codes = np.frombuffer(text.encode("utf-32-le", "surrogatepass"), dtype=np.uint32).astype(np.uint64)
     if codes.size == 0:
         return codes
@@ -265,8 +263,6 @@ def choose_bands(threshold: float, num_perm: int) -> tuple[int, int]:
     误报（s < 阈值却成了候选）的面积 = ∫₀^阈值 P(s) ds，漏报的面积 = ∫_阈值^1 (1 - P(s)) ds，
     取两者之和最小的 (b, r)。误报只多花一次签名比较，漏报才是真的漏掉重复。
     """
-    import numpy as np
-
     grid = np.linspace(0.0, 1.0, 501)
     below, above = grid[grid <= threshold], grid[grid >= threshold]
     best, best_error = (1, num_perm), float("inf")

@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Callable, Iterator
 
 from towergpt.data.encoders import Encoded
 from towergpt.data.split import SplitWriter
+from towergpt.tokenizer import Tokenizer
 
 if TYPE_CHECKING:
     from towergpt.data.prepare import Job
@@ -103,8 +104,6 @@ _worker_encoder = None
 
 
 def _init_worker(tokenizer_dir: str, encoder_class: type, encoder_args: tuple, threads: int) -> None:
-    from towergpt.tokenizer import Tokenizer
-
     global _worker_encoder
     # 工作进程忽略 Ctrl-C：由主进程统一处理中断并清理，否则每个子进程都会各打印一大段 traceback
     signal.signal(signal.SIGINT, signal.SIG_IGN)

@@ -84,8 +84,10 @@ from towergpt.data.pipeline import run_pipeline
 from towergpt.data.prepare_summary import format_summary
 from towergpt.data.shard_writers import ConversationWriter, PairWriter, ShardWriter, SkippedLog
 from towergpt.data.split import SplitWriter
+from towergpt.data.readers import check_input, iter_texts
 from towergpt.errors import TowerGPTError
 from towergpt.output_dir import check_out_dir, staged_output
+from towergpt.tokenizer import Tokenizer
 
 # 这些名字以前定义在这里，训练、数据集、测试都从这里导入，所以继续从这里导出（定义已搬到 data_format、split）
 from towergpt.data.data_format import FORMAT_VERSION, INDEX_DTYPE, MASK_DTYPE, load_meta
@@ -238,9 +240,6 @@ class Job:
 
 def _start_job(inputs, tokenizer_dir, out_dir, workers, val_fraction, shard_tokens, overwrite) -> Job:
     """在读一个字节语料之前，先把能发现的问题都报出来，然后载入分词器。"""
-    from towergpt.data.readers import check_input
-    from towergpt.tokenizer import Tokenizer
-
     if isinstance(inputs, (str, os.PathLike)):
         inputs = [inputs]
     paths = [check_input(path) for path in inputs] if inputs else []
@@ -321,8 +320,6 @@ def _finish_meta(job: Job, directory: Path, meta: dict) -> dict:
 def _write_pretrain(job: Job, directory: Path, field: str, val_fraction: float, skip_bad: bool,
                     shard_tokens: int, seed: int, verbose: bool) -> dict:
     """在 directory（临时目录）里写出预训练数据的全部文件，返回 meta。"""
-    from towergpt.data.readers import iter_texts
-
     dtype = token_dtype(job.tokenizer.vocab_size)
     counts = {"empty_documents": 0}
     splitter = SplitWriter(lambda split: ShardWriter(directory, split, dtype, shard_tokens), val_fraction, seed)

@@ -31,6 +31,8 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from tqdm import tqdm
+
 from towergpt.data.tool_io import (RecordWriter, Report, check_inputs, encode_record,
                                    iter_inputs_with_progress)
 from towergpt.errors import TowerGPTError
@@ -131,8 +133,6 @@ def shuffle(inputs: list[str], out: str, seed: int = 0, memory_mb: float = DEFAU
             tmp_dir: str | None = None, field: str = "text", skip_bad: bool = False,
             overwrite: bool = False) -> Report:
     """把 inputs 的全部记录打乱后写进 out。返回报告；report.details 里有桶数和最大的桶。"""
-    from tqdm import tqdm
-
     paths = check_inputs(inputs)
     if memory_mb <= 0:
         raise TowerGPTError(f"--memory-mb 必须大于 0，收到 {memory_mb} / --memory-mb must be positive")

@@ -15,11 +15,15 @@
 
 from __future__ import annotations
 
+import datetime
+import decimal
 import json
 import os
 from collections import Counter
 from pathlib import Path
 from typing import Iterator
+
+from tqdm import tqdm
 
 from towergpt.data.readers import check_input, iter_records, iter_texts, record_location
 from towergpt.errors import TowerGPTError
@@ -157,9 +161,6 @@ def encode_record(record, location: str) -> bytes:
 def _json_default(value):
     """JSON 没有的类型（多半来自 Parquet）：日期时间写成 ISO 字符串，Decimal 写成字符串（不丢精度），
     UTF-8 的二进制解码成字符串；其余的交给 json 报 TypeError。"""
-    import datetime
-    import decimal
-
     if isinstance(value, (datetime.date, datetime.time)):  # datetime.datetime 是 date 的子类
         return value.isoformat()
     if isinstance(value, datetime.timedelta):
@@ -235,8 +236,6 @@ class Progress:
     """
 
     def __init__(self, paths: list[Path], description: str):
-        from tqdm import tqdm
-
         self.total = sum(path.stat().st_size for path in paths)
         self.bar = tqdm(total=self.total, unit="B", unit_scale=True, unit_divisor=1000, mininterval=0.5,
                         desc=description, disable=None, dynamic_ncols=True)

@@ -19,7 +19,10 @@ RoPE 不用重排：我们的 apply_rope 用的就是 HF Llama 的“前一半/�
 
 from __future__ import annotations
 
+import torch
+
 from towergpt.errors import TowerGPTError
+from towergpt.model import GPTConfig
 
 LLAMA_ARCHITECTURE = "LlamaForCausalLM"
 
@@ -89,8 +92,6 @@ def gpt_config_from_llama(raw: dict, source: str, max_seq_len: int | None = None
     max_seq_len：不为 None 时覆盖 max_position_embeddings（例如只想用 4096 的上下文，
     RoPE 表就不必按 131072 去预先算）。
     """
-    from towergpt.model import GPTConfig
-
     _check_llama_features(raw, source)
     hidden, heads = _require(raw, "hidden_size", source), _require(raw, "num_attention_heads", source)
     if hidden % heads:
@@ -200,8 +201,6 @@ def to_llama_tensors(state: dict, config) -> dict:
 
 def from_llama_tensors(tensors: dict, config, source: str) -> dict:
     """HF 的张量字典 → TowerGPT 的 state_dict（q/k/v 拼回 qkv）。缺的、多的权重都报错。"""
-    import torch
-
     state, used = {}, set()
 
     def take(name: str):

@@ -38,6 +38,8 @@ SentencePiece 与 `tokenizers` 的做法不同，下面几处必须逐一对上�
 
 from __future__ import annotations
 
+from sentencepiece import sentencepiece_model_pb2
+
 from towergpt.errors import TowerGPTError
 from towergpt.tokenizer import (
     BOS_PIECE,
@@ -65,8 +67,6 @@ NORMAL, UNKNOWN, CONTROL, USER_DEFINED, UNUSED, BYTE = 1, 2, 3, 4, 5, 6
 
 def read_sentencepiece_proto(model_bytes: bytes, source: str):
     """解析 tokenizer.model（protobuf）为 ModelProto，里面有每个 piece 及训练、规范化设置。"""
-    from sentencepiece import sentencepiece_model_pb2
-
     proto = sentencepiece_model_pb2.ModelProto()
     try:
         proto.ParseFromString(model_bytes)
