@@ -16,11 +16,11 @@ from pathlib import Path
 import pytest
 
 from towergpt.errors import TowerGPTError
+from towergpt.tokenizer.training import _split_sentences
 from towergpt.tokenizer import (
     MODEL_FILE,
     INFO_FILE,
     Tokenizer,
-    _split_sentences,
     train_tokenizer,
 )
 
