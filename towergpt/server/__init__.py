@@ -2,9 +2,8 @@
 
 一个请求从进来到回答，依次经过这些文件（每个文件一个概念）：
 
-    host_check.py   只监听本机时，拒绝 Host 头不是本机地址的请求（防 DNS 重绑定）
-    auth.py         --api-key：检查 `Authorization: Bearer ...`
-    body_limit.py   请求体超过上限直接 413，连 JSON 都不解析
+    guards.py       三道门：Host 头必须是本机地址（防 DNS 重绑定）、--api-key 检查 `Authorization: Bearer ...`、
+                    请求体超过上限直接 413（连 JSON 都不解析）
     schemas.py      请求体的形状与取值范围（pydantic），不合法就 400
     prompts.py      消息 → token id（复用 chat_template.py），并检查“提示词 + max_tokens”放得进上下文
     submission.py   网络这边（asyncio）与生成线程之间的桥：一个请求一个队列

@@ -6,11 +6,9 @@ import contextlib
 
 from fastapi import FastAPI
 
-from towergpt.server.auth import BearerAuth
-from towergpt.server.body_limit import BodySizeLimit
 from towergpt.server.engine import Engine
 from towergpt.server.errors import install_error_handlers
-from towergpt.server.host_check import LoopbackHostCheck
+from towergpt.server.guards import BearerAuth, BodySizeLimit, LoopbackHostCheck
 from towergpt.server.routes import register_routes
 from towergpt.server.settings import ServerSettings
 

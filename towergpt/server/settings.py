@@ -15,7 +15,7 @@ class ServerSettings:
     max_waiting: int = 32               # 槽位满时最多排队多少个请求，再多就 503
     max_tokens_limit: int = 1024        # 单个请求的 max_tokens 上限（也是不给 max_tokens 时的默认上限）
     max_body_bytes: int = 1_000_000     # 请求体上限（字节），超过回 413
-    loopback_only: bool = True          # 只接受 Host 为本机地址的请求（监听 127.0.0.1 时，见 host_check.py）
+    loopback_only: bool = True          # 只接受 Host 为本机地址的请求（监听 127.0.0.1 时，见 guards.py）
 
     def check(self) -> None:
         """用户给错时抛 TowerGPTError。"""
