@@ -1,0 +1,48 @@
+"""房子的规矩（docs/architecture.md）：谁可以 import 谁、一个模块最多多长。
+
+每条规矩都在一个全新的 Python 进程里检查“import 了 X 之后，sys.modules 里出现了哪些我们的模块”，
+所以间接的 import（A → B → C）也算在内。
+"""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+PACKAGE = Path(__file__).resolve().parents[1] / "towergpt"
+MAX_MODULE_LINES = 450
+
+
+def towergpt_modules_loaded_by(module: str) -> set[str]:
+    code = (f"import json, sys; import {module}; "
+            "print(json.dumps(sorted(m for m in sys.modules if m.startswith('towergpt'))))")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    return set(json.loads(result.stdout))
+
+
+def test_the_model_imports_nothing_of_ours():
+    assert towergpt_modules_loaded_by("towergpt.model") == {"towergpt", "towergpt.model"}
+
+
+@pytest.mark.parametrize("module", ["towergpt.data.prepare", "towergpt.data.pretrain_dataset",
+                                    "towergpt.data.sft_dataset", "towergpt.data.dpo_dataset",
+                                    "towergpt.data.dedup", "towergpt.data.clean"])
+def test_data_knows_no_training_loop(module):
+    loaded = towergpt_modules_loaded_by(module)
+    assert not {m for m in loaded if m.startswith("towergpt.train")}, loaded
+
+
+@pytest.mark.parametrize("module", ["towergpt.generate", "towergpt.chat", "towergpt.server.app",
+                                    "towergpt.server.launch", "towergpt.hf.export"])
+def test_inference_needs_no_trainer(module):
+    loaded = towergpt_modules_loaded_by(module)
+    assert not {m for m in loaded if m.startswith(("towergpt.train", "towergpt.data.prepare"))}, loaded
+
+
+def test_no_module_is_longer_than_the_limit():
+    long = {str(path.relative_to(PACKAGE)): n for path in PACKAGE.rglob("*.py")
+            if (n := len(path.read_text(encoding="utf-8").splitlines())) > MAX_MODULE_LINES}
+    assert not long, long
