@@ -98,6 +98,18 @@ def tiny_gpt(vocab_size: int, max_seq_len: int = 64, seed: int = 0, weight_std: 
     return model.eval()
 
 
+def reader_error(path, **kwargs) -> str:
+    """读完整个文件（iter_texts），返回抛出的 TowerGPTError 的消息，并确认它只有一行。"""
+    from towergpt.data.readers import iter_texts
+    from towergpt.errors import TowerGPTError
+
+    with pytest.raises(TowerGPTError) as info:
+        list(iter_texts(path, **kwargs))
+    message = str(info.value)
+    assert "\n" not in message
+    return message
+
+
 def run_cli(*args, cwd=None, timeout=300):
     """在子进程里跑 `python -m towergpt ...`，返回 CompletedProcess。"""
     env = dict(os.environ, PYTHONUNBUFFERED="1")

@@ -17,19 +17,10 @@ from pathlib import Path
 import pytest
 
 from conftest import run_cli
+from conftest import reader_error as error_of
 from towergpt.data.readers import json_array as json_array_reader
 from towergpt.data.readers import txt as txt_reader
 from towergpt.data.readers import iter_records, iter_texts
-from towergpt.errors import TowerGPTError
-
-
-def error_of(path, **kwargs) -> str:
-    """读完整个文件，返回抛出的 TowerGPTError 的消息（并确认它只有一行）。"""
-    with pytest.raises(TowerGPTError) as info:
-        list(iter_texts(path, **kwargs))
-    message = str(info.value)
-    assert "\n" not in message
-    return message
 
 
 def read_skipping(path, **kwargs) -> tuple[list, list[str]]:

@@ -6,6 +6,7 @@ import json
 
 import pytest
 
+from conftest import reader_error as error_of
 from towergpt.data.readers import iter_texts
 from towergpt.errors import TowerGPTError
 
@@ -18,15 +19,6 @@ def write_bytes(path, data: bytes):
 def write_jsonl(path, records):
     path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records), encoding="utf-8")
     return path
-
-
-def error_of(path, **kwargs) -> str:
-    """读完整个文件，返回抛出的 TowerGPTError 的消息（并确认它只有一行）。"""
-    with pytest.raises(TowerGPTError) as info:
-        list(iter_texts(path, **kwargs))
-    message = str(info.value)
-    assert "\n" not in message
-    return message
 
 
 # ---------------------------------------------------------------------------
