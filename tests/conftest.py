@@ -110,6 +110,18 @@ def reader_error(path, **kwargs) -> str:
     return message
 
 
+def write_pretrain_config(path, data_dir, out_dir, model: dict, optim: dict, eval_batches: int, **train):
+    """写一个预训练的 YAML 配置（vocab_size: 0 跟随分词器，CPU、fp32、单线程），train 的任意键可覆盖。"""
+    import yaml
+
+    settings = dict(out_dir=str(out_dir), keep_last=2, log_every=1, device="cpu", dtype="float32", threads=1,
+                    **train)
+    config = {"model": dict(vocab_size=0, n_layer=2, n_head=4, n_kv_head=2, **model),
+              "data": dict(path=str(data_dir), eval_batches=eval_batches), "train": settings, "optim": optim}
+    path.write_text(yaml.safe_dump(config), encoding="utf-8")
+    return path
+
+
 def run_cli(*args, cwd=None, timeout=300):
     """在子进程里跑 `python -m towergpt ...`，返回 CompletedProcess。"""
     env = dict(os.environ, PYTHONUNBUFFERED="1")

@@ -7,24 +7,16 @@ import signal
 import subprocess
 import sys
 
-import yaml
 
+from conftest import write_pretrain_config
 from test_pretrain_cli import losses, wait_for_step
 
 
 def write_config(path, data_dir, out_dir, micro_batch_size, **train):
-    settings = dict(out_dir=str(out_dir), max_steps=12, micro_batch_size=micro_batch_size, grad_accum=2,
-                    eval_every=0, save_every=6, keep_last=2, log_every=1, seed=11, device="cpu",
-                    dtype="float32", threads=1)
-    settings.update(train)
-    config = {
-        "model": dict(vocab_size=0, n_layer=2, n_head=4, n_kv_head=2, d_model=64, max_seq_len=32, dropout=0.0),
-        "data": dict(path=str(data_dir), eval_batches=2),
-        "train": settings,
-        "optim": dict(lr=3e-3, min_lr=3e-4, warmup_steps=3),
-    }
-    path.write_text(yaml.safe_dump(config), encoding="utf-8")
-    return path
+    settings = dict(max_steps=12, micro_batch_size=micro_batch_size, grad_accum=2, eval_every=0, save_every=6,
+                    seed=11)
+    return write_pretrain_config(path, data_dir, out_dir, dict(d_model=64, max_seq_len=32, dropout=0.0),
+                                 dict(lr=3e-3, min_lr=3e-4, warmup_steps=3), eval_batches=2, **{**settings, **train})
 
 
 def torchrun(*args, processes=2):

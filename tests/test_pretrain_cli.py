@@ -9,23 +9,14 @@ import sys
 import time
 
 import pytest
-import yaml
 
-from conftest import run_cli
+from conftest import run_cli, write_pretrain_config
 
 
 def write_config(path, data_dir, out_dir, **train):
-    settings = dict(out_dir=str(out_dir), max_steps=60, micro_batch_size=4, grad_accum=2, eval_every=20,
-                    save_every=5, keep_last=2, log_every=1, seed=7, device="cpu", dtype="float32", threads=1)
-    settings.update(train)
-    config = {
-        "model": dict(vocab_size=0, n_layer=2, n_head=4, n_kv_head=2, d_model=128, max_seq_len=64, dropout=0.1),
-        "data": dict(path=str(data_dir), eval_batches=4),
-        "train": settings,
-        "optim": dict(lr=2e-3, min_lr=2e-4, warmup_steps=5),
-    }
-    path.write_text(yaml.safe_dump(config), encoding="utf-8")
-    return path
+    settings = dict(max_steps=60, micro_batch_size=4, grad_accum=2, eval_every=20, save_every=5, seed=7)
+    return write_pretrain_config(path, data_dir, out_dir, dict(d_model=128, max_seq_len=64, dropout=0.1),
+                                 dict(lr=2e-3, min_lr=2e-4, warmup_steps=5), eval_batches=4, **{**settings, **train})
 
 
 def losses(run_dir):
