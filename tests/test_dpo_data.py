@@ -8,8 +8,9 @@ import pytest
 
 from conftest import run_cli
 from towergpt.chat_template import render_chat, render_message
+from towergpt.data.data_format import load_meta
 from towergpt.data.dpo_dataset import DPOData
-from towergpt.data.prepare import load_meta, prepare_dpo, prepare_sft
+from towergpt.data.prepare import prepare_dpo, prepare_sft
 from towergpt.errors import TowerGPTError
 from towergpt.model import IGNORE_INDEX
 from towergpt.tokenizer import Tokenizer
@@ -74,7 +75,6 @@ def test_batches_put_chosen_above_rejected(tmp_path, news_tokenizer_dir, tokeniz
         assert tokenizer.decode(chosen) == "好" * (row + 1) and tokenizer.decode(rejected) == "坏"
         pads = batch["inputs"][row + 4] == tokenizer.pad_id   # 较短的 rejected 在右边补齐
         assert pads.any() and (batch["targets"][row + 4][pads] == IGNORE_INDEX).all()
-    assert data.characters_per_token == 0.0  # DPO 不算 bpc
 
 
 def test_long_pairs_drop_old_turns_then_cut_answers_then_skip(tmp_path, news_tokenizer_dir, tokenizer):

@@ -17,8 +17,8 @@ from test_train_loop import SEQ, VOCAB, NullTokenizer, SyntheticTokens, losses
 from towergpt.config import OptimConfig, build_config
 from towergpt.errors import TowerGPTError
 from towergpt.model import GPT
-from towergpt.train import optim
 from towergpt.train.loop import Trainer
+from towergpt.train.optim import galore as galore_module
 from towergpt.train.optim import (
     HIDDEN_MATRICES, MuonWithAdamW, build_optimizer, optimizer_state_bytes, set_learning_rate,
     split_hidden_matrices,
@@ -245,7 +245,7 @@ def test_galore_8bit_needs_cuda():
 
 def test_missing_galore_tells_how_to_install(monkeypatch):
     monkeypatch.setitem(sys.modules, "galore_torch", None)  # 让 import galore_torch 失败
-    optim._galore_classes.cache_clear()
+    galore_module._galore_classes.cache_clear()
     with pytest.raises(TowerGPTError, match=r'pip install -e "\.\[galore\]"'):
         optimizer_for("galore_adamw")
 

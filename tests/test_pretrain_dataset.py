@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from conftest import SENTIMENT
-from towergpt.data.prepare import load_meta, prepare_pretrain
+from towergpt.data.data_format import load_meta
+from towergpt.data.prepare import prepare_pretrain
 from towergpt.data.pretrain_dataset import PackedPretrainData
 from towergpt.errors import TowerGPTError
 

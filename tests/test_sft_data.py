@@ -14,9 +14,11 @@ from conftest import SENTIMENT, run_cli
 from towergpt.chat_template import fit_to_context, render_chat
 from towergpt.cli import main as cli_main
 from towergpt.data import pipeline as pipeline_module
+from towergpt.data.data_format import load_meta
 from towergpt.data.dialogue import record_to_messages
-from towergpt.data.prepare import load_meta, prepare, prepare_pretrain, prepare_sft, validation_mask
+from towergpt.data.prepare import prepare, prepare_pretrain, prepare_sft
 from towergpt.data.sft_dataset import SFTData
+from towergpt.data.split import validation_mask
 from towergpt.errors import TowerGPTError
 from towergpt.model import IGNORE_INDEX
 from towergpt.tokenizer import Tokenizer

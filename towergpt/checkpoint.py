@@ -69,16 +69,29 @@ def resolve_checkpoint(path: str | Path) -> Path:
     if (path / MODEL_FILE).is_file():
         return path
     for checkpoints_dir in (path / "checkpoints", path):
-        pointer = checkpoints_dir / LATEST_FILE
-        if pointer.is_file():
-            target = checkpoints_dir / pointer.read_text(encoding="utf-8").strip()
-            if not (target / MODEL_FILE).is_file():
-                raise TowerGPTError(f"{pointer} 指向的检查点不完整 / points to an incomplete checkpoint: {target}")
+        target = read_latest(checkpoints_dir, required=(MODEL_FILE,))
+        if target is not None:
             return target
     raise TowerGPTError(
         f"{path} 既不是检查点目录（缺 {MODEL_FILE}）也不是运行目录（缺 checkpoints/{LATEST_FILE}）/ "
         f"neither a checkpoint dir nor a run dir"
     )
+
+
+def read_latest(checkpoints_dir: str | Path, required: typing.Iterable[str] = ()) -> Path | None:
+    """checkpoints/latest 写着的那个检查点目录；没有 latest 文件时返回 None。
+
+    读 latest 只有这一处：推理（resolve_checkpoint）和训练（train/checkpointing.py 的续训、保存）都调它。
+    required 里的每个文件那个目录都必须有，少一个就报错（推理要权重，续训还要 trainer_state.pt）：
+    与其载入到一半才失败，不如一开始就说清楚是哪个目录缺了文件。
+    """
+    pointer = Path(checkpoints_dir) / LATEST_FILE
+    if not pointer.is_file():
+        return None
+    target = pointer.parent / pointer.read_text(encoding="utf-8").strip()
+    if not all((target / name).is_file() for name in required):
+        raise TowerGPTError(f"{pointer} 指向的检查点不完整 / points to an incomplete checkpoint: {target}")
+    return target
 
 
 def older_checkpoints(directory: Path) -> list[Path]:

@@ -39,13 +39,14 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from towergpt.demo import sentiment
 from towergpt.checkpoint import load, resolve_checkpoint
-from towergpt.demo.corpus import split_reviews
-from towergpt.data.prepare import load_meta
+from towergpt.data.data_format import load_meta, prepare_command
 from towergpt.data.pretrain_dataset import PackedPretrainData
 from towergpt.data.readers import check_input, iter_texts
 from towergpt.data.sft_dataset import SFTData, pad_right
+from towergpt.data.tokenizer_match import check_data_tokenizer
+from towergpt.demo import sentiment
+from towergpt.demo.corpus import split_reviews
 from towergpt.device import pick_device
 from towergpt.errors import TowerGPTError, where
 from towergpt.model import IGNORE_INDEX
@@ -56,29 +57,8 @@ SHARD_CHUNK_TOKENS = 1 << 20  # 从分片里一次读多少 token（memmap：只
 
 
 # ---------------------------------------------------------------------------
-# 命令行
+# 命令行（参数的定义在 towergpt/cli/tools.py）
 # ---------------------------------------------------------------------------
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """`towergpt eval` 的参数。"""
-    parser.add_argument("--ckpt", required=True, help="运行目录或检查点目录 / run or checkpoint dir")
-    parser.add_argument("--data", nargs="+", default=None, metavar="DIR|FILE",
-                        help="`data prepare` 写出的目录，或 .txt .jsonl .json .parquet 文件（可多个）；"
-                             "--task sentiment 时是评论文件（默认内置语料的留出评论）")
-    parser.add_argument("--task", default="lm", choices=["lm", "sentiment"],
-                        help="lm：损失/困惑度/bpc（默认）；sentiment：quickstart 的情感任务")
-    parser.add_argument("--split", default=None, choices=["train", "val"],
-                        help="数据目录用哪个划分，默认 val / split of a prepared dir (default val)")
-    parser.add_argument("--field", default="text", help="JSON / Parquet 记录里的文本字段，默认 text")
-    parser.add_argument("--max-tokens", type=int, default=None, help="最多评估多少个 token / at most N tokens")
-    parser.add_argument("--stride", type=int, default=None,
-                        help="相邻窗口的起点间隔，默认 max_seq_len（不重叠）；更小 = 滑动窗口，更准更慢")
-    parser.add_argument("--batch-size", type=int, default=8, help="每批几个窗口 / windows per batch")
-    parser.add_argument("--device", default="auto", help="cpu / cuda / mps / auto")
-    parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16", "auto"],
-                        help="前向计算的精度，默认 float32（结果最可复现）")
-    parser.add_argument("--out", default=None, help="把 JSON 结果另存到这个文件 / also write the JSON here")
-
 
 def main(args: argparse.Namespace) -> None:
     """命令行入口：评估，把 JSON 打印到标准输出（进度条在标准错误），--out 给出时另存一份。"""
@@ -235,16 +215,16 @@ def _open_source(paths: list[Path], tokenizer, split: str, field: str, max_token
 
 
 def _check_same_tokenizer(data_dir: Path, meta: dict, tokenizer) -> None:
-    """数据里的 token id 只有在“同一个分词器”下才有意义：指纹（sha256）不同就拒绝。"""
-    fingerprint = meta.get("tokenizer_fingerprint")
-    if fingerprint != tokenizer.fingerprint:
-        raise TowerGPTError(
-            f"{data_dir} 是用另一个分词器准备的（指纹 {str(fingerprint)[:12]}…），检查点的分词器指纹是 "
-            f"{tokenizer.fingerprint[:12]}…：同一个 id 在两边代表不同的字，评估没有意义。请直接评估原始语料文件"
-            f"（会用检查点的分词器重新分词），或用检查点的分词器重新 prepare"
-            f" / the data was prepared with a different tokenizer than the checkpoint's: evaluate the raw"
-            f" text files instead, or prepare the data again with the checkpoint's tokenizer"
-        )
+    """数据里的 token id 只有在“同一个分词器”下才有意义：指纹（sha256）不同就拒绝（与训练前的核对是同一个函数）。
+
+    评估比训练多一条出路：原始语料文件会用检查点的分词器当场分词，不必重新 prepare。
+    """
+    command = prepare_command(meta.get("kind", "pretrain"))
+    check_data_tokenizer(data_dir, meta, tokenizer, None, advice=(
+        f"评估没有意义。请直接评估原始语料文件（会用检查点的分词器重新分词），或用检查点的分词器重新运行 {command}",
+        f"evaluate the raw text files instead (they are tokenized with the checkpoint's tokenizer),"
+        f" or run `{command}` again with the checkpoint's tokenizer",
+    ))
 
 
 def _pretrain_source(data_dir: Path, meta: dict, split: str, max_tokens: int | None, seq_len: int,

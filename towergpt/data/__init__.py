@@ -13,7 +13,6 @@
 - `shard_writers`：把一个划分写成 token 分片（对话、偏好对还有掩码和索引），以及 skipped.txt。
 - `prepare_summary`：结束时打印的中英文摘要。
 - `data_format`：磁盘格式，写的一方和读的一方共用：文件名、dtype、格式版本、meta.json 的读写、打开前核对文件大小。
-- `token_files`：旧名字，只是从 data_format 转出数据集用的几个函数（数据集改为直接导入后删掉）。
 
 训练时读 token：
 - `pretrain_dataset`：把分片首尾相接、切成固定长度窗口的预训练数据流。

@@ -24,9 +24,8 @@ import os
 import numpy as np
 import torch
 
-from towergpt.data.prepare import INDEX_DTYPE
+from towergpt.data.data_format import INDEX_DTYPE, check_file_size
 from towergpt.data.sft_dataset import SFTData, pad_right
-from towergpt.data.token_files import check_file_size
 from towergpt.errors import TowerGPTError
 
 
@@ -38,6 +37,8 @@ class DPOData(SFTData):
 
     继承来的名字里的 “conversation” 在这里指“一对”：num_conversations 是对数，conversation(i)
     是第 i 对的 [chosen 序列][rejected 序列]。一个 epoch 里每对恰好出现一次，最后一批可能不足 batch_size。
+    继承来的 characters_per_token 对偏好对没有意义，也没人用它：DPO 的损失不是交叉熵（目标函数的结果
+    is_token_cross_entropy 为 False），训练循环就既不算困惑度也不算 bpc（见 train/objective.py 的 validation_metrics）。
     """
 
     kind = "dpo"
@@ -59,16 +60,6 @@ class DPOData(SFTData):
             raise TowerGPTError(f"{path}: chosen 序列的长度与索引对不上，请重新运行 towergpt data prepare --format dpo"
                                 f" / chosen lengths do not match the index: prepare the data again")
         return chosen
-
-    @property
-    def characters_per_token(self) -> float:
-        """0.0：偏好数据没有“每个 token 的交叉熵”，也就谈不上每字符比特数（bpc）。
-
-        继承来的 SFTData 版本会拿回答的字符数去除，对 DPO 没有意义，所以覆盖成 0。真正决定报不报 bpc 的
-        是目标函数：DPO 的结果 is_token_cross_entropy 为 False，训练循环就既不算困惑度也不算 bpc
-        （见 train/objective.py 的 validation_metrics），不看这个数。
-        """
-        return 0.0
 
     def pair(self, index: int) -> tuple[tuple[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]:
         """第 index 对的 ((chosen ids, 掩码), (rejected ids, 掩码))。"""

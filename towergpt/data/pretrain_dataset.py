@@ -34,8 +34,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from towergpt.data.prepare import load_meta
-from towergpt.data.token_files import check_dataset_args, open_memmap
+from towergpt.data.data_format import check_dataset_args, load_meta, open_memmap
 from towergpt.errors import TowerGPTError
 
 
@@ -85,7 +84,7 @@ class PackedPretrainData:
     # -- 打开与检查 ---------------------------------------------------------
 
     def _open_shard(self, shard: dict) -> np.memmap:
-        """只读地映射一个分片（先核对文件大小，见 data/token_files.py）。"""
+        """只读地映射一个分片（先核对文件大小，见 data/data_format.py）。"""
         return open_memmap(self.data_dir / shard["file"], self.meta["dtype"], shard["tokens"], "pretrain")
 
     def _check_enough_windows(self) -> None:

@@ -39,8 +39,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from towergpt.data.prepare import INDEX_DTYPE, load_meta
-from towergpt.data.token_files import check_dataset_args, check_file_size, open_memmap, prepare_command
+from towergpt.data.data_format import (
+    INDEX_DTYPE, check_dataset_args, check_file_size, load_meta, open_memmap, prepare_command,
+)
 from towergpt.errors import TowerGPTError
 from towergpt.model import IGNORE_INDEX
 
@@ -123,7 +124,7 @@ class SFTData:
     # -- 打开与检查 ---------------------------------------------------------
 
     def _open(self, name: str, dtype_name: str, count: int) -> np.memmap:
-        """只读地映射数据目录里的一个文件（先核对文件大小，见 data/token_files.py）。"""
+        """只读地映射数据目录里的一个文件（先核对文件大小，见 data/data_format.py）。"""
         return open_memmap(self.data_dir / name, dtype_name, count, self.kind)
 
     def _read_index(self, stats: dict) -> np.ndarray:

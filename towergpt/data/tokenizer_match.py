@@ -21,19 +21,28 @@ from towergpt.data.data_format import META_FILE, prepare_command
 from towergpt.errors import TowerGPTError
 
 
-def check_data_tokenizer(data_dir: Path, meta: dict, tokenizer, tokenizer_dir: Path) -> None:
-    """meta.json 记录的分词器指纹必须等于 tokenizer（从 tokenizer_dir 载入）的指纹，否则报错。"""
+def check_data_tokenizer(data_dir: Path, meta: dict, tokenizer, tokenizer_dir: Path | None,
+                         advice: tuple[str, str] | None = None) -> None:
+    """meta.json 记录的分词器指纹必须等于 tokenizer 的指纹，否则报错。
+
+    tokenizer_dir：分词器是从哪个目录载入的，写进报错；None 表示调用者手里只有分词器对象（`towergpt eval`）。
+    advice：(中文, English)，换掉默认的建议“用要训练的那个分词器重新 prepare”——评估时还有更省事的出路。
+    """
     recorded = meta.get("tokenizer_fingerprint")
     if recorded == tokenizer.fingerprint:
         return
     command = prepare_command(meta.get("kind", "pretrain"))
+    advice_zh, advice_en = advice or (
+        f"请用要训练的那个分词器重新运行 {command}（--tokenizer 指向它，--out 换一个新目录）",
+        f"prepare it again with the one you train with (`{command} --tokenizer DIR --out NEW_DIR`)",
+    )
+    source_zh = f" {tokenizer_dir} 的分词器" if tokenizer_dir else "所用分词器的"
+    source_en = f"the tokenizer in {tokenizer_dir}" if tokenizer_dir else "the tokenizer"
     raise TowerGPTError(
-        f"{data_dir / META_FILE} 的 tokenizer_fingerprint 是 {_short(recorded)}，而 {tokenizer_dir} 的分词器指纹是 "
-        f"{_short(tokenizer.fingerprint)}：数据是用另一个分词器准备的，同一个 id 在两边代表不同的字。"
-        f"请用要训练的那个分词器重新运行 {command}（--tokenizer 指向它，--out 换一个新目录）"
-        f" / {data_dir / META_FILE}: tokenizer_fingerprint {_short(recorded)} does not match the tokenizer in"
-        f" {tokenizer_dir} ({_short(tokenizer.fingerprint)}): the data was prepared with another tokenizer;"
-        f" prepare it again with the one you train with (`{command} --tokenizer DIR --out NEW_DIR`)"
+        f"{data_dir / META_FILE} 的 tokenizer_fingerprint 是 {_short(recorded)}，而{source_zh}指纹是 "
+        f"{_short(tokenizer.fingerprint)}：数据是用另一个分词器准备的，同一个 id 在两边代表不同的字。{advice_zh}"
+        f" / {data_dir / META_FILE}: tokenizer_fingerprint {_short(recorded)} does not match {source_en}"
+        f" ({_short(tokenizer.fingerprint)}): the data was prepared with another tokenizer; {advice_en}"
     )
 
 

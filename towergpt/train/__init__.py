@@ -3,7 +3,7 @@
     loop.py           训练循环本身（Trainer）：累积梯度、更新参数、评估、保存、续训
     objective.py      目标函数的约定（ObjectiveResult：损失、权重、token 数、指标）、按权重求和、
                       验证用的前向，以及语言模型的交叉熵目标（预训练、SFT、`towergpt eval` 共用）
-    optim.py          优化器（AdamW / GaLore / Muon）与参数分组、学习率曲线
+    optim/            优化器（AdamW / GaLore / Muon）与参数分组、学习率曲线，一个文件一件事
     precision.py      混合精度（autocast / GradScaler）；选设备在 towergpt/device.py
     distributed.py    torchrun 多进程：DDP / FSDP2，以及循环里凡是“单进程、DDP、FSDP 做法不同”的地方
     checkpointing.py  原子地写检查点、保留最近 K 个、续训时找最新的完好检查点

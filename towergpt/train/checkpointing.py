@@ -32,8 +32,8 @@ from typing import Callable
 import torch
 
 from towergpt.checkpoint import (
-    LATEST_FILE, MODEL_FILE, STATE_FILE, DamagedCheckpointError, older_checkpoints, read_trainer_state,
-    read_weights, save_model_files, verify_checksums, write_checksums,
+    LATEST_FILE, MODEL_FILE, STATE_FILE, DamagedCheckpointError, older_checkpoints, read_latest,
+    read_trainer_state, read_weights, save_model_files, verify_checksums, write_checksums,
 )
 from towergpt.errors import TowerGPTError
 
@@ -170,7 +170,7 @@ def _disk_full_message(checkpoints: Path, step: int, needed: int) -> str:
     except OSError:
         free = "?"
     size = f"{needed / 1e6:.1f}"
-    previous = _latest_target(checkpoints)
+    previous = read_latest(checkpoints)
     if previous is None:   # 第一次保存就满了：没有可以续训的检查点，只能重新开始
         next_cn, next_en = "还没有任何检查点，请腾出空间后重新运行同一命令", "no checkpoint yet: free some space and run it again"
     else:
@@ -187,7 +187,7 @@ def _needed_bytes(checkpoints: Path, model, trainer_state: dict) -> int:
     第一次保存时还没有上一个检查点，只能按张量估：权重（共享的只算一次）+ 优化器状态等。
     """
     tensors = _tensor_bytes(model.state_dict()) + _tensor_bytes(trainer_state)
-    return max(tensors, _directory_bytes(_latest_target(checkpoints)))
+    return max(tensors, _directory_bytes(read_latest(checkpoints)))
 
 
 def _tensor_bytes(value, seen: set | None = None) -> int:
@@ -256,22 +256,8 @@ def _writer_alive(name: str) -> bool:
 # ---------------------------------------------------------------------------
 
 def latest_checkpoint(run_dir: Path) -> Path | None:
-    """运行目录里最新的完整检查点；没有则返回 None。"""
-    pointer = Path(run_dir) / "checkpoints" / LATEST_FILE
-    if not pointer.is_file():
-        return None
-    directory = pointer.parent / pointer.read_text(encoding="utf-8").strip()
-    if not (directory / MODEL_FILE).is_file() or not (directory / STATE_FILE).is_file():
-        raise TowerGPTError(f"{pointer} 指向的检查点不完整 / latest points to an incomplete checkpoint: {directory}")
-    return directory
-
-
-def _latest_target(checkpoints: Path) -> Path | None:
-    """latest 里写的那个目录（不检查它完整与否）；没有 latest 时返回 None。"""
-    pointer = checkpoints / LATEST_FILE
-    if not pointer.is_file():
-        return None
-    return checkpoints / pointer.read_text(encoding="utf-8").strip()
+    """运行目录里最新的完整检查点（权重和训练状态都在）；没有 latest 则返回 None。"""
+    return read_latest(Path(run_dir) / "checkpoints", required=(MODEL_FILE, STATE_FILE))
 
 
 def resume_candidates(run_dir: Path) -> list[Path]:
@@ -283,7 +269,7 @@ def resume_candidates(run_dir: Path) -> list[Path]:
     checkpoints = Path(run_dir) / "checkpoints"
     if not checkpoints.is_dir():
         return []
-    target = _latest_target(checkpoints)
+    target = read_latest(checkpoints)
     if target is None:
         steps = [p for p in checkpoints.iterdir() if p.is_dir() and p.name.startswith("step_")]
         return sorted(steps, reverse=True)

@@ -20,6 +20,10 @@ WORLD_SIZE（总进程数）、MASTER_ADDR/MASTER_PORT（大家在哪里碰头�
     保存什么              optimizer_state / model_for_saving
     续训怎么载入          load_newest
     进程间求和、求平均    sum_over_ranks / mean_over_ranks / all_reduce_sum / any_rank
+
+按需导入：FSDP 用的 torch.distributed.fsdp 和 torch.distributed.checkpoint 只在 FSDP 的分支里导入。
+它们会连带导入 DTensor 等一大串模块（开发机上约 0.7–0.9 秒），在不带分布式支持的 PyTorch 构建
+（torch.distributed.is_available() 为 False）上还会导入失败；单进程和 DDP 训练不该为它们付出这些。
 """
 
 from __future__ import annotations
@@ -35,6 +39,7 @@ from typing import Callable
 
 import torch
 import torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel
 
 from towergpt.device import pick_device
 from towergpt.errors import TowerGPTError
@@ -113,7 +118,7 @@ def wrap_model(model: torch.nn.Module, context: DistributedContext, device: torc
     参数始终是 model 自己的那一份：DDP 和 compile 只是外壳；FSDP2 则是原地把参数换成分片。
     """
     if context.enabled and context.strategy == "fsdp":
-        from torch.distributed.fsdp import fully_shard
+        from torch.distributed.fsdp import fully_shard  # 只有 FSDP 才导入，原因见模块开头“按需导入”
 
         # 先按 Transformer 块分片（每块是一个通信单元），最后把剩下的（词向量、输出头、最终归一化）分片
         for block in model.blocks:
@@ -122,8 +127,6 @@ def wrap_model(model: torch.nn.Module, context: DistributedContext, device: torc
         return torch.compile(model) if compile_model else model
     forward_model = torch.compile(model) if compile_model else model
     if context.enabled:
-        from torch.nn.parallel import DistributedDataParallel
-
         # broadcast_buffers=False：我们唯一的 buffer 是固定的 RoPE 表，不需要每次前向都同步
         forward_model = DistributedDataParallel(
             forward_model, device_ids=[device.index] if device.type == "cuda" else None, broadcast_buffers=False
@@ -157,7 +160,7 @@ def optimizer_state(model: torch.nn.Module, optimizer, context: DistributedConte
     """写进检查点的优化器状态。FSDP：把各进程的分片收集成完整的状态（放到 CPU），任意进程数都能载入。"""
     if not context.sharded:
         return optimizer.state_dict()
-    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict  # 按需导入
 
     return get_optimizer_state_dict(model, optimizer, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
 
@@ -167,7 +170,7 @@ def model_for_saving(model: torch.nn.Module, model_class: type, context: Distrib
     rank 0 把它放进 CPU 上的一个新模型（model_class，即 FSDP 换类之前的 GPT）再保存，其余进程返回 None。"""
     if not context.sharded:
         return model
-    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict  # 按需导入
 
     full = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
     if not context.is_main:
@@ -187,7 +190,7 @@ def load_newest(run_dir: Path, model: torch.nn.Module, model_class: type, optimi
         directory, state = load_newest_intact(run_dir, model, warn)
         optimizer.load_state_dict(state["optimizer"])
         return directory, state
-    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_state_dict
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_state_dict  # 按需导入
 
     full_model = model_class(model.config)
     directory, state = load_newest_intact(run_dir, full_model, warn)

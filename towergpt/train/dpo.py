@@ -36,6 +36,8 @@ import torch
 import torch.nn.functional as F
 
 from towergpt.config import RunConfig
+from towergpt.data.data_format import load_meta
+from towergpt.data.dpo_dataset import DPOData
 from towergpt.errors import TowerGPTError
 from towergpt.model import IGNORE_INDEX
 from towergpt.train.distributed import is_main_process, rank_and_world
@@ -134,9 +136,6 @@ class DPOObjective:
 
 def run_dpo(config: RunConfig, resume: bool = False) -> dict:
     """准备偏好数据、策略模型和冻结的参考模型，运行训练循环，返回摘要。"""
-    from towergpt.data.dpo_dataset import DPOData
-    from towergpt.data.prepare import load_meta
-
     if not config.data.path:
         raise TowerGPTError("data.path 未设置：请指向 `towergpt data prepare --format dpo` 的输出"
                             " / data.path is not set")

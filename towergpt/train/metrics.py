@@ -12,6 +12,11 @@ import math
 import warnings
 from pathlib import Path
 
+try:
+    from torch.utils.tensorboard import SummaryWriter
+except ImportError:  # tensorboard 是依赖，但可能被单独卸掉：没有它照样训练，只是不写 TensorBoard 日志
+    SummaryWriter = None
+
 METRICS_FILE = "metrics.jsonl"
 
 
@@ -68,9 +73,7 @@ def read_metrics(path: Path) -> list[dict]:
 
 
 def _open_tensorboard(directory: Path, resume_step: int):
-    try:
-        from torch.utils.tensorboard import SummaryWriter
-    except ImportError:
+    if SummaryWriter is None:
         warnings.warn("未安装 tensorboard，跳过 TensorBoard 日志 / tensorboard not installed", stacklevel=2)
         return None
     # purge_step：续训时丢弃该步之后的旧事件，避免曲线重复

@@ -13,8 +13,12 @@ from pathlib import Path
 import torch
 
 from towergpt.config import RunConfig
+from towergpt.data.data_format import TOKENIZER_SUBDIR, load_meta
+from towergpt.data.pretrain_dataset import PackedPretrainData
+from towergpt.data.tokenizer_match import check_data_tokenizer
 from towergpt.errors import TowerGPTError
 from towergpt.model import GPT
+from towergpt.tokenizer import Tokenizer
 from towergpt.train.distributed import is_main_process, rank_and_world
 from towergpt.train.loop import Trainer
 from towergpt.train.objective import language_model_objective
@@ -44,11 +48,6 @@ def build_model(config: RunConfig, verbose: bool = True) -> GPT:
 
 def run_pretrain(config: RunConfig, resume: bool = False) -> dict:
     """准备数据、模型和训练循环，训练并返回摘要。"""
-    from towergpt.data.prepare import TOKENIZER_SUBDIR, load_meta
-    from towergpt.data.pretrain_dataset import PackedPretrainData
-    from towergpt.data.tokenizer_match import check_data_tokenizer
-    from towergpt.tokenizer import Tokenizer
-
     if not config.data.path:
         raise TowerGPTError("data.path 未设置：请指向 `towergpt data prepare` 的输出目录 / data.path is not set")
     data_dir = Path(config.data.path)

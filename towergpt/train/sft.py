@@ -13,8 +13,14 @@ from __future__ import annotations
 import functools
 from pathlib import Path
 
+from towergpt.checkpoint import MODEL_FILE, load_model_weights, read_model_config, resolve_checkpoint
 from towergpt.config import RunConfig
+from towergpt.data.data_format import load_meta
+from towergpt.data.sft_dataset import SFTData
+from towergpt.data.tokenizer_match import check_data_tokenizer, check_vocab_fits
 from towergpt.errors import TowerGPTError
+from towergpt.model import GPT
+from towergpt.tokenizer import Tokenizer
 from towergpt.train.distributed import is_main_process, rank_and_world
 from towergpt.train.loop import Trainer
 from towergpt.train.objective import language_model_objective
@@ -34,12 +40,6 @@ def load_initial_model(config: RunConfig, data_dir: Path):
 
     SFT 和 DPO 共用这个函数，所以两者的核对完全相同（见 data/tokenizer_match.py）。
     """
-    from towergpt.checkpoint import MODEL_FILE, load_model_weights, read_model_config, resolve_checkpoint
-    from towergpt.data.prepare import load_meta
-    from towergpt.data.tokenizer_match import check_data_tokenizer, check_vocab_fits
-    from towergpt.model import GPT
-    from towergpt.tokenizer import Tokenizer
-
     if not config.init_from:
         raise TowerGPTError("init_from 未设置：需要从一个已有的检查点开始 / init_from is required")
     directory = resolve_checkpoint(config.init_from)
@@ -59,9 +59,6 @@ def load_initial_model(config: RunConfig, data_dir: Path):
 
 def run_sft(config: RunConfig, resume: bool = False) -> dict:
     """准备对话数据与初始模型，运行训练循环，返回摘要。"""
-    from towergpt.data.prepare import load_meta
-    from towergpt.data.sft_dataset import SFTData
-
     if not config.data.path:
         raise TowerGPTError("data.path 未设置：请指向 `towergpt data prepare --format sft` 的输出 / data.path is not set")
     data_dir = Path(config.data.path)
