@@ -22,6 +22,8 @@ from collections import deque
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Iterator
 
+from tqdm import tqdm
+
 from towergpt.data.encoders import Encoded
 from towergpt.data.split import SplitWriter
 from towergpt.tokenizer import Tokenizer
@@ -45,8 +47,6 @@ ReadItems = Callable[[Path], Iterator[tuple[object, int, int]]]
 def run_pipeline(job: Job, read_items: ReadItems, encoder_class: type, encoder_args: tuple,
                  splitter: SplitWriter, on_result: Callable[[Encoded], None], verbose: bool) -> None:
     """把 job.paths 全部读完、分词、交给 splitter 写出；每批结果先交给 on_result（计数、记录跳过的）。"""
-    from tqdm import tqdm
-
     total_bytes = sum(path.stat().st_size for path in job.paths)
     # disable=None：标准错误不是终端（被重定向到文件、管道）时不画进度条，
     # 免得日志里塞满 \r 刷新的半行；出错时 stderr 上也就只有那一行清楚的报错。

