@@ -119,7 +119,7 @@ def _fsync_dir(directory: Path) -> None:
 
 
 def _prune(checkpoints: Path, keep_last: int, keep: str) -> None:
-    """只保留最近的 keep_last 个检查点（以及刚写好的 keep），并清理残留的临时目录。
+    """只保留最近的 keep_last 个检查点（以及刚写好的 keep）。残留的临时目录在保存开始前已经清过了。
 
     比 keep 还新的检查点也删掉：它们来自一条被放弃的时间线——续训时它们坏了而退回了更早的检查点，
     或者上次在改名之后、更新 latest 之前崩溃。留着它们只会占空间，还会挤掉 keep_last 的名额。
@@ -130,7 +130,6 @@ def _prune(checkpoints: Path, keep_last: int, keep: str) -> None:
     for old in newer + current[:-keep_last]:
         if old.name != keep:
             shutil.rmtree(old, ignore_errors=True)
-    clear_stale_temporaries(checkpoints)
 
 
 # ---------------------------------------------------------------------------
