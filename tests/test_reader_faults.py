@@ -49,7 +49,7 @@ def prepared_texts(out: Path) -> list[str]:
     """把 prepare 写出的 token 解码回一篇篇文档（bos ... eos 之间）。"""
     import numpy as np
 
-    from towergpt.data.prepare import load_meta
+    from towergpt.data.data_format import load_meta
     from towergpt.tokenizer import Tokenizer
 
     meta = load_meta(out)
