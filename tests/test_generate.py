@@ -119,3 +119,30 @@ def test_compiled_decoding_equals_eager_including_a_rolled_back_cache(model):
         return first + list(stream_generate(m, torch.tensor([[7, 8]]), 8, kv_cache=cache))
 
     assert continue_after_rollback(compiled) == continue_after_rollback(model)
+
+
+def test_banned_by_ngrams_finds_every_token_that_would_repeat_an_ngram():
+    from towergpt.generate import banned_by_ngrams
+
+    assert banned_by_ngrams([5, 6, 7, 5, 6], 3) == [7]            # “5 6 7” 已经有了，不许再写 7
+    assert banned_by_ngrams([5, 6, 7, 5, 6, 8, 5, 6], 3) == [7, 8]
+    assert banned_by_ngrams([5, 6, 7], 3) == []                   # 前缀“6 7”之前没出现过
+    assert banned_by_ngrams([4, 4, 4], 1) == [4, 4, 4]            # n = 1：出现过的都不许再出现
+    assert banned_by_ngrams([1, 2, 3], 0) == []
+
+
+def test_no_repeat_ngram_stops_a_greedy_loop():
+    from conftest import tiny_gpt
+    from towergpt.generate import generate
+
+    model = tiny_gpt(vocab_size=40)
+    idx = torch.tensor([[1, 2, 3]])
+
+    def trigrams(ids):
+        return [tuple(ids[i:i + 3]) for i in range(len(ids) - 2)]
+
+    plain = generate(model, idx, 30)[0].tolist()
+    fixed = generate(model, idx, 30, no_repeat_ngram=3)[0].tolist()
+    assert len(set(trigrams(plain))) < len(trigrams(plain))      # 不加限制时贪心解码在打转
+    assert len(set(trigrams(fixed))) == len(trigrams(fixed))      # 加了之后没有任何 3 元组出现两次
+    assert fixed[:3] == [1, 2, 3] and len(fixed) == 33

@@ -12,8 +12,12 @@ def test_quickstart_runs_the_whole_pipeline(tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     summary = json.loads((out / "summary.json").read_text(encoding="utf-8"))
     for key in ("val_loss", "val_bpc", "tokens_seen", "params", "minutes", "sentiment_accuracy",
-                "majority_baseline", "samples", "examples"):
+                "majority_baseline", "samples", "examples", "looping_samples", "pretrain_minutes", "sft_minutes"):
         assert key in summary, key
+    # 按时间预算训练（0.05 分钟 = 3 秒）：至少做一步、评估并保存一次，不会多跑（准时的细节见 test_time_budget.py）
+    assert summary["steps"] >= 1 and summary["sft_steps"] >= 1
+    assert summary["pretrain_minutes"] < 0.2 and summary["sft_minutes"] < 0.2
+    assert summary["looping_samples"] == sum(len(row["loops"]) for row in summary["samples"])
     assert summary["heldout_reviews"] == 1000 and summary["majority_baseline"] == 0.5
     # 摘要里的成绩就是 SFT 检查点在留出评论上的表现：重新载入它、在同样的 1000 条上重新作答，
     # 准确率和示例对话都与摘要相同（同样的分批、同样的运算，结果逐位一致）

@@ -278,3 +278,13 @@ def test_accumulated_masked_batches_equal_one_big_batch(tmp_path):
         for (name, p), q in zip(small.named_parameters(), big.parameters()):
             assert torch.allclose(p, q, rtol=1e-5, atol=1e-6), (sizes, name)
         assert row["loss"] == pytest.approx(big_row["loss"], rel=1e-5)
+
+
+def test_validation_runs_the_uncompiled_model():
+    # 编译过的模型换到 eval 模式要整个重新编译（CPU 上 20 多秒）：验证应该直接用原模型
+    from towergpt.train import distributed
+
+    model = GPT(make_config(Path(".")).model)
+    context, _ = distributed.setup("cpu", "ddp")
+    assert distributed.evaluation_model(torch.compile(model), context) is model
+    assert distributed.evaluation_model(model, context) is model

@@ -37,7 +37,8 @@ class DataConfig:
 @dataclass
 class TrainConfig:
     out_dir: str = "runs/default"  # 运行目录：检查点、metrics.jsonl、TensorBoard 日志都在这里
-    max_steps: int = 1000          # 优化器更新的总步数
+    max_steps: int = 1000          # 优化器更新的总步数（0 = 不限，只按 max_minutes 的时间预算）
+    max_minutes: float = 0.0       # 时间预算（分钟，0 = 不用）：学习率曲线按已用时间走，到时保存并停止（见 train/budget.py）
     micro_batch_size: int = 8      # 每次前向的序列条数
     grad_accum: int = 1            # 梯度累积：累积几次前向再更新一次；等效批大小 = 两者之积
     eval_every: int = 100          # 每多少步评估一次验证集（0 = 只在结束时）
@@ -197,8 +198,12 @@ def _coerce(value, expected, place: str):
 
 
 def _check_ranges(config: RunConfig, where) -> None:
+    if config.train.max_steps < 0 or config.train.max_minutes < 0:
+        raise TowerGPTError(f"{where('train.max_steps')}: max_steps 和 max_minutes 不能为负 / must not be negative")
+    if config.train.max_steps == 0 and config.train.max_minutes == 0:
+        raise TowerGPTError(f"{where('train.max_steps')}: 至少要给 max_steps 或 max_minutes 之一（都为 0 就永远不停）"
+                            f" / set max_steps or max_minutes")
     positive = {
-        "train.max_steps": config.train.max_steps,
         "train.micro_batch_size": config.train.micro_batch_size,
         "train.grad_accum": config.train.grad_accum,
         "train.log_every": config.train.log_every,

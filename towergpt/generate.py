@@ -5,6 +5,7 @@
 
 挑 token 的规则（按顺序施加）：
     重复惩罚   已出现过的 token 打分变差，抑制“复读机”
+    禁止重复 n 元组   会让某个 n 元组（连续 n 个 token）第二次出现的 token 直接禁选（--no-repeat-ngram）
     温度       logits / T：T<1 更保守，T>1 更发散；T=0 直接取最大（贪心解码，结果确定）
     top-k      只保留打分最高的 k 个候选
     top-p      按概率从高到低累加，只保留累计概率刚达到 p 的那一小撮（核采样）
@@ -41,6 +42,20 @@ def apply_repetition_penalty(logits: torch.Tensor, seen: torch.Tensor, penalty: 
         return logits
     penalized = torch.where(logits > 0, logits / penalty, logits * penalty)
     return torch.where(seen, penalized, logits)
+
+
+def banned_by_ngrams(ids: list[int], n: int) -> list[int]:
+    """禁止重复的 n 元组：下一个 token 若会让某个 n 元组（连续 n 个 token）第二次出现，就不许选它。
+
+    做法：取最后 n−1 个 token 作“前缀”，在前文里找出这个前缀出现过的每一处，那些地方紧跟其后的
+    token 就是禁选的。重复惩罚只让出现过的 token 打分变差一次，一个小模型若仍然最想写“张家、”，
+    就会“张家、张家、张家、…”一直写下去；禁止重复 3 元组之后，同一段三个 token 根本写不出第二遍。
+    代价是正常的重复（“中国”在一段新闻里出现两次）也会被挡住，所以 n 不宜太小。
+    """
+    if n <= 0 or len(ids) < n - 1:
+        return []
+    prefix = ids[len(ids) - (n - 1):]
+    return [ids[i + n - 1] for i in range(len(ids) - n + 1) if ids[i:i + n - 1] == prefix]
 
 
 def filter_top_k(logits: torch.Tensor, top_k: int | None) -> torch.Tensor:
@@ -82,12 +97,15 @@ def pick_next_token(
     top_p: float | None,
     repetition_penalty: float,
     generator: torch.Generator | None,
+    banned: list[int] = (),
 ) -> int:
-    """由最后一个位置的 logits (V',) 选出下一个 token id；seen (V',) 与它等长。
+    """由最后一个位置的 logits (V',) 选出下一个 token id；seen (V',) 与它等长；banned 里的 id 禁选。
 
     调用者先用 real_token_logits 切掉词表的填充行，所以选出的 id 一定在分词器的词表里。
     """
     logits = apply_repetition_penalty(logits.float(), seen, repetition_penalty)
+    if banned:
+        logits = logits.index_fill(0, torch.tensor(banned, device=logits.device), float("-inf"))
     if temperature <= 0:
         return int(torch.argmax(logits))
     logits = filter_top_p(filter_top_k(logits / temperature, top_k), top_p)
@@ -109,12 +127,14 @@ def stream_generate(
     kv_cache: KVCache | None = None,
     vocab_limit: int | None = None,
     cached_ids: list[int] | None = None,
+    no_repeat_ngram: int = 0,
 ) -> Iterator[int]:
     """逐个产出新 token 的 id（不含提示词）。遇到 eos_id（会产出它；可以给多个，例如聊天时的
     <|im_end|> 和 </s>）、达到上限或上下文满时停止。
 
     idx (1, T) 是提示词。给了 kv_cache 时，缓存里已有的内容被当作 idx 之前的上下文（聊天复用历史）。
     vocab_limit：分词器的词表大小，只在 [0, vocab_limit) 里挑 token（见模块开头“填充行”）。
+    no_repeat_ngram：> 0 时禁止重复的 n 元组（见 banned_by_ngrams），看的也是整个上下文。
     cached_ids：缓存里已有的那些 token。重复惩罚要看**整个**上下文出现过哪些 token；
     缓存只存了它们的键和值，不存 id，所以要由调用者告诉我们，否则“复用缓存”和“从头算”
     惩罚的 token 集合不同，回答就不同了。
@@ -124,7 +144,7 @@ def stream_generate(
     context_limit = model.config.max_seq_len
     cache = kv_cache if kv_cache is not None else model.new_kv_cache(batch_size=1, max_len=context_limit)
     cached_ids = list(cached_ids or [])
-    if len(cached_ids) != cache.length and repetition_penalty != 1.0:
+    if len(cached_ids) != cache.length and (repetition_penalty != 1.0 or no_repeat_ngram > 0):
         raise ValueError(f"cached_ids 有 {len(cached_ids)} 个，缓存里有 {cache.length} 个 token：重复惩罚需要"
                          f"知道缓存里的全部 token / cached_ids must list the tokens already in kv_cache")
     if cache.length + idx.size(1) > context_limit:
@@ -140,6 +160,7 @@ def stream_generate(
     seen = torch.zeros(vocab, dtype=torch.bool, device=idx.device)     # (V',) 上下文里出现过的 token
     context = torch.cat([torch.tensor(cached_ids, dtype=torch.long, device=idx.device), idx[0]])
     seen[context[context < vocab]] = True
+    history = context.tolist()                                          # 整个上下文的 id（n 元组要用）
 
     was_training = model.training
     model.eval()
@@ -147,12 +168,14 @@ def stream_generate(
         logits = model(idx, kv_cache=cache)[0, -1]              # 预填充：整段提示词只算一次
         for _ in range(max_new_tokens):
             logits = real_token_logits(logits, vocab)             # (V,) → (V',)
-            token = pick_next_token(logits, seen, temperature, top_k, top_p, repetition_penalty, generator)
+            banned = banned_by_ngrams(history, no_repeat_ngram)
+            token = pick_next_token(logits, seen, temperature, top_k, top_p, repetition_penalty, generator, banned)
             yield token
             context_full = cache.length + 1 >= context_limit  # 序列（含刚生成的这个）已到上下文上限
             if token in stop_ids or context_full:
                 break
             seen[token] = True
+            history.append(token)
             step_input = torch.tensor([[token]], device=idx.device)
             logits = model(step_input, kv_cache=cache)[0, -1]  # 之后每步只算 1 个新 token
     finally:
@@ -183,6 +206,7 @@ def generate(
     eos_id: int | Iterable[int] | None = None,
     seed: int | None = None,
     vocab_limit: int | None = None,
+    no_repeat_ngram: int = 0,
 ) -> torch.Tensor:
     """续写 idx (1, T)，返回 (1, T + n) 的 LongTensor（n ≤ max_new_tokens）。temperature=0 为贪心解码。
 
@@ -190,7 +214,7 @@ def generate(
     """
     new_tokens = list(
         stream_generate(model, idx, max_new_tokens, temperature, top_k, top_p, repetition_penalty, eos_id, seed,
-                        vocab_limit=vocab_limit)
+                        vocab_limit=vocab_limit, no_repeat_ngram=no_repeat_ngram)
     )
     tail = torch.tensor([new_tokens], dtype=idx.dtype, device=idx.device)
     return torch.cat([idx, tail], dim=1)
@@ -280,6 +304,8 @@ def check_sampling_args(args) -> None:
         raise TowerGPTError("--top-p 必须在 (0, 1] 之间 / must be in (0, 1]")
     if args.repetition_penalty <= 0:
         raise TowerGPTError("--repetition-penalty 必须 > 0 / must be positive")
+    if getattr(args, "no_repeat_ngram", 0) < 0:
+        raise TowerGPTError("--no-repeat-ngram 不能为负（0 = 不用）/ must not be negative")
 
 
 def generate_cli(args) -> None:
@@ -296,6 +322,7 @@ def generate_cli(args) -> None:
     tokens = stream_generate(
         model, idx, args.max_new_tokens, args.temperature, args.top_k, args.top_p,
         args.repetition_penalty, eos_id=tokenizer.eos_id, seed=args.seed, vocab_limit=tokenizer.vocab_size,
+        no_repeat_ngram=args.no_repeat_ngram,
     )
     count = 0
 

@@ -116,6 +116,9 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--ckpt", required=True, help="运行目录或检查点目录 / run or checkpoint dir")
     gen.add_argument("--prompt", required=True, help="开头文本 / prompt text")
     add_sampling_args(gen)
+    gen.add_argument("--no-repeat-ngram", type=int, default=0, metavar="N",
+                     help="禁止任何连续 N 个 token 重复出现（0 = 不用；3 能止住“张家、张家、…”这样的打转）/ "
+                          "never repeat an N-gram")
     gen.set_defaults(handler="towergpt.generate:generate_cli")
 
     # towergpt chat ...

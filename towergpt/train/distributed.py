@@ -139,14 +139,17 @@ def wrap_model(model: torch.nn.Module, context: DistributedContext, device: torc
 def evaluation_model(forward_model: torch.nn.Module, context: DistributedContext) -> torch.nn.Module | None:
     """验证时用来做前向的模型；返回 None 表示本进程不参与验证。
 
-    单进程 / DDP：只有 rank 0 评估，用去掉 DDP 外壳的模型（DDP 的前向会为梯度同步做准备，评估不需要通信）。
+    单进程 / DDP：只有 rank 0 评估，用去掉 DDP 外壳的模型（DDP 的前向会为梯度同步做准备，评估不需要通信），
+    也去掉 torch.compile 的外壳：编译过的模型换到 eval 模式、不求梯度时要整个重新编译一遍（CPU 上 20 多秒，
+    比几次验证本身加起来还久），而只做前向的验证从编译里得到的好处很少。
     FSDP：参数分散在各进程，前向需要所有进程一起收集参数，所以每个进程都评估同样的批次，只有 rank 0 记录。
     """
     if context.sharded:
         return forward_model
     if not context.is_main:
         return None
-    return getattr(forward_model, "module", forward_model)
+    model = getattr(forward_model, "module", forward_model)
+    return getattr(model, "_orig_mod", model)   # torch.compile 的外壳把原模型放在 _orig_mod 里
 
 
 def end_forward_only(model: torch.nn.Module, context: DistributedContext) -> None:

@@ -46,6 +46,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import sys
 import time
@@ -59,6 +60,7 @@ from towergpt.config import RunConfig, save_config
 from towergpt.device import pin_memory
 from towergpt.errors import TowerGPTError
 from towergpt.train import distributed, precision
+from towergpt.train.budget import BudgetClock, BudgetState, decay_progress, should_finish
 from towergpt.train.checkpointing import clear_stale_temporaries, latest_checkpoint, save_checkpoint
 from towergpt.train.metrics import MetricsLogger
 from towergpt.train.objective import ResultSums, evaluate_objective, validation_metrics
@@ -75,13 +77,20 @@ class TrainProgress:
     elapsed_s: float = 0.0
     bad_streak: int = 0              # 连续出现非有限损失/梯度的步数
     last_eval: dict = field(default_factory=dict)
+    budget: BudgetState = field(default_factory=BudgetState)   # 时间预算的记账（见 train/budget.py）
+
+    def __post_init__(self):
+        if isinstance(self.budget, dict):   # 从检查点读回来时是普通 dict
+            self.budget = BudgetState(**self.budget)
 
 
 class Trainer:
     """把模型、目标函数、数据和配置组装起来，跑完整个训练。"""
 
-    def __init__(self, config: RunConfig, model, tokenizer, objective, train_data, val_data=None):
+    def __init__(self, config: RunConfig, model, tokenizer, objective, train_data, val_data=None,
+                 clock=time.perf_counter):
         self.config = config
+        self.clock = clock   # 计时用的钟；测试可换成假时钟，让按时间预算的训练也能逐位复现
         self.tokenizer = tokenizer
         self.objective = objective
         self.train_data = train_data
@@ -136,53 +145,111 @@ class Trainer:
             self.metrics.log(row)
 
     def _loop(self) -> str:
+        """一直训练到步数或时间预算用完（或被信号打断）；返回停下的原因。"""
         train = self.config.train
-        bar = tqdm(total=train.max_steps, initial=self.progress.step, unit="step", dynamic_ncols=True,
-                   desc="训练 / train", disable=not self.dist.is_main)
+        budget_s = train.max_minutes * 60
+        budget = BudgetClock(self.progress.budget, self.clock)   # 从此刻计时，已用时间接着检查点里的算
+        bar = self._progress_bar(budget_s)
         self.model.train()
         with StopRequest() as stop, bar:
-            while self.progress.step < train.max_steps:
+            while True:
+                finished = self._finished_before(budget_s)   # 刚做完最后一步，或续训一个早已跑完的运行
+                if finished:
+                    return finished
                 step = self.progress.step + 1
                 row = self.train_step(step)
                 self.progress.step = step
-                if step % train.log_every == 0 or step in (1, train.max_steps) or row.get("skipped"):
+                budget.tick()
+                budget.state.step_s = row["step_s"]
+                if step == self.config.optim.warmup_steps:
+                    budget.state.warmup_end_s = budget.state.used_s
+                out_of_time = bool(budget_s) and self._out_of_time(budget.state, budget_s)
+                finishing = step == train.max_steps or out_of_time
+                if step % train.log_every == 0 or step == 1 or finishing or row.get("skipped"):
                     self._log(row)
                 if self.progress.bad_streak >= train.max_bad_steps:
                     self._stop_after_bad_steps()
-                bar.update(1)
-                bar.set_postfix(loss=f"{row['loss']:.3f}", lr=f"{row['lr']:.2e}", tok_s=f"{row['tok_per_s']:.0f}")
-                finishing = step == train.max_steps
+                self._show(bar, row, budget.state.used_s if budget_s else None)
                 # 某个进程收到信号，所有进程都要在同一步停下（否则其余进程会在下一次通信时永远等下去）
                 stopping = distributed.any_rank(stop.requested, self.dist, self.device)
                 if (train.eval_every and step % train.eval_every == 0) or finishing:
                     self._evaluate(bar)
+                    budget.state.eval_s = budget.tick()
                 if (train.save_every and step % train.save_every == 0) or finishing or stopping:
-                    self._save()
+                    self._save()   # 存下的已用时间不含这次保存本身（不到一秒；续训时不计）
+                    budget.state.save_s = budget.tick()
                 if stopping:
                     bar.write(f"已在第 {step} 步保存并停止 / saved at step {step} and stopped")
                     return stop.signal_name
-        return "max_steps"
+                if budget_s:   # 各进程的已用时间取平均：下一步大家按同一个时间算学习率
+                    budget.state.used_s = distributed.mean_over_ranks(budget.state.used_s, self.dist, self.device)
+                if out_of_time and step != train.max_steps:
+                    bar.write(f"时间预算用完：{step} 步，用时 {budget.state.used_s / 60:.2f} 分钟（预算 "
+                              f"{train.max_minutes:g}）/ time budget used: {step} steps in "
+                              f"{budget.state.used_s / 60:.2f} min")
+                    return "max_minutes"
+
+    def _out_of_time(self, state, budget_s: float) -> bool:
+        """这一步之后预算还够不够再做一步加收尾（见 train/budget.py）。
+
+        多进程时各进程的钟各走各的：“任一进程说停就停”，大家在同一步停下
+        （否则有的进程会在下一次通信时永远等下去）。
+        """
+        # eval_batches = 0 表示整个验证集，批数事先不知道，按 50 批估计收尾时间
+        finish = should_finish(state, budget_s, self.config.data.eval_batches or 50, self.config.train.grad_accum)
+        return distributed.any_rank(finish, self.dist, self.device)
+
+    def _finished_before(self, budget_s: float) -> str:
+        """已经用完了步数或时间？返回原因（"max_steps" / "max_minutes"），没用完返回空串。"""
+        max_steps = self.config.train.max_steps
+        if max_steps and self.progress.step >= max_steps:
+            return "max_steps"
+        if budget_s and self.progress.budget.used_s >= budget_s:
+            return "max_minutes"
+        return ""
+
+    def _progress_bar(self, budget_s: float):
+        """按步数训练时进度条数步；按时间预算训练时数秒（步数事先不知道）。"""
+        common = dict(dynamic_ncols=True, desc="训练 / train", disable=not self.dist.is_main)
+        if budget_s:
+            return tqdm(total=round(budget_s), initial=round(self.progress.budget.used_s), unit="s",
+                        bar_format="{l_bar}{bar}| {n:.0f}/{total_fmt} s [{elapsed}<{remaining}{postfix}]", **common)
+        return tqdm(total=self.config.train.max_steps, initial=self.progress.step, unit="step", **common)
+
+    @staticmethod
+    def _show(bar, row: dict, used_s: float | None) -> None:
+        if used_s is None:
+            bar.update(1)
+        else:
+            bar.update(used_s - bar.n)
+        bar.set_postfix(step=row["step"], loss=f"{row['loss']:.3f}", lr=f"{row['lr']:.2e}",
+                        tok_s=f"{row['tok_per_s']:.0f}")
 
     # ---- 一步训练 --------------------------------------------------------------
 
     def train_step(self, step: int) -> dict:
         """做第 step 步（1 起）的一次完整更新：① 累积梯度 ② 更新参数。返回这一步的指标行。"""
-        started = time.perf_counter()
-        lr = learning_rate(step, self.config.optim, self.config.train.max_steps)
+        started = self.clock()
+        lr = learning_rate(step, self.config.optim, self.config.train.max_steps, self._time_progress())
         set_learning_rate(self.optimizer, lr)
         sums = self._accumulate_gradients()
         grad_norm, updated = self._apply_update(step, sums.mean_loss)
 
-        seconds = time.perf_counter() - started
+        seconds = self.clock() - started
         self.progress.tokens_seen += sums.tokens
         self.progress.elapsed_s += seconds
         # 日志里的损失、附加指标是所有进程所有微批次的加权平均，token 数是所有进程之和
         return {
             "step": step, "tokens": self.progress.tokens_seen, "loss": sums.mean_loss, "lr": lr,
             "grad_norm": grad_norm, "tok_per_s": sums.tokens / max(seconds, 1e-9),
-            "elapsed_s": round(self.progress.elapsed_s, 3), **sums.mean_metrics(),
+            "elapsed_s": round(self.progress.elapsed_s, 3), "step_s": seconds, **sums.mean_metrics(),
             **({} if updated else {"skipped": True}),
         }
+
+    def _time_progress(self) -> float | None:
+        """有时间预算时，余弦衰减按时间走到了哪里（0 到 1）；没有预算时是 None。"""
+        minutes = self.config.train.max_minutes
+        return decay_progress(self.progress.budget, minutes * 60) if minutes else None
 
     def _accumulate_gradients(self) -> ResultSums:
         """① grad_accum 个微批次各做一次前向和反向，让 .grad 成为“一个大批次”的平均梯度（见模块开头）。
@@ -284,6 +351,7 @@ class Trainer:
                 "step": self.progress.step, "tokens_seen": self.progress.tokens_seen,
                 "elapsed_s": self.progress.elapsed_s, "bad_streak": self.progress.bad_streak,
                 "last_eval": dict(self.progress.last_eval),
+                "budget": dataclasses.asdict(self.progress.budget),
             },
             "optimizer": distributed.optimizer_state(self.model, self.optimizer, self.dist),
             "scaler": self.scaler.state_dict(),
@@ -332,6 +400,7 @@ class Trainer:
             "step": self.progress.step,
             "tokens_seen": self.progress.tokens_seen,
             "elapsed_s": round(self.progress.elapsed_s, 2),
+            "minutes": round(self.progress.budget.used_s / 60, 2),   # 训练循环实际用时（含评估、保存）
             "stopped_by": stopped_by,
             **self.progress.last_eval,
         }

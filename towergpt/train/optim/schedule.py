@@ -13,16 +13,24 @@ import math
 from towergpt.config import OptimConfig
 
 
-def learning_rate(step: int, config: OptimConfig, max_steps: int) -> float:
+def learning_rate(step: int, config: OptimConfig, max_steps: int, time_progress: float | None = None) -> float:
     """第 step 步（1 起）的学习率：线性预热到 lr，再按余弦曲线降到 min_lr。
 
     预热：刚开始参数是随机的，梯度方向很乱，大步长容易把模型“打崩”，所以先小后大。
     余弦衰减：训练后期用小步长在谷底细调，最终损失更低。
+
+    衰减走到了哪里（progress，0 到 1）：按步数是 (step − 预热) / (max_steps − 预热)；
+    有时间预算时（train.max_minutes，见 train/budget.py）另有按时间算的 time_progress。
+    max_steps = 0 表示不限步数，只看时间；两者都有时取更靠后的那个（谁先用完听谁的）。
     """
     if config.warmup_steps > 0 and step <= config.warmup_steps:
         return config.lr * step / config.warmup_steps
-    decay_steps = max(1, max_steps - config.warmup_steps)
-    progress = min(1.0, (step - config.warmup_steps) / decay_steps)
+    progress = 0.0
+    if max_steps > 0:
+        decay_steps = max(1, max_steps - config.warmup_steps)
+        progress = min(1.0, (step - config.warmup_steps) / decay_steps)
+    if time_progress is not None:
+        progress = max(progress, time_progress)
     cosine = 0.5 * (1.0 + math.cos(math.pi * progress))  # 从 1 平滑降到 0
     return config.min_lr + (config.lr - config.min_lr) * cosine
 
