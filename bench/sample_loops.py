@@ -20,15 +20,15 @@ MORE_PROMPTS = PROMPTS + [
 ]
 SETTINGS = {
     "greedy": dict(temperature=0.0),
-    "greedy_rp1.1": dict(temperature=0.0, repetition_penalty=1.1),
     "greedy_rp1.2": dict(temperature=0.0, repetition_penalty=1.2),
     "greedy_rp1.3": dict(temperature=0.0, repetition_penalty=1.3),
     "greedy_rp1.5": dict(temperature=0.0, repetition_penalty=1.5),
     "greedy_nr3": dict(temperature=0.0, no_repeat_ngram=3),
     "greedy_rp1.2_nr3": dict(temperature=0.0, repetition_penalty=1.2, no_repeat_ngram=3),
+    "greedy_rp1.3_nr3": dict(temperature=0.0, repetition_penalty=1.3, no_repeat_ngram=3),
+    "greedy_rp1.2_nr2": dict(temperature=0.0, repetition_penalty=1.2, no_repeat_ngram=2),
     "top_p0.9": dict(temperature=0.8, top_p=0.9),
     "top_p0.9_rp1.1": dict(temperature=0.8, top_p=0.9, repetition_penalty=1.1),
-    "top_p0.9_rp1.2": dict(temperature=0.8, top_p=0.9, repetition_penalty=1.2),
     "top_p0.9_rp1.1_nr3": dict(temperature=0.8, top_p=0.9, repetition_penalty=1.1, no_repeat_ngram=3),
 }
 SEEDS = (0, 1, 2)

@@ -11,6 +11,7 @@ from towergpt.demo.samples import DECODING, continue_prompts, find_loop
     "阿尔斯斯斯斯斯斯斯斯斯斯斯斯斯斯",                # 一个字反复
     "政府、政府、政府、政府、政府、政府、",            # 带标点的词反复
     "今天上午，国务院今天上午，国务院今天上午，国务院",  # 较长的单元
+    "艺术艺术艺术创作",                              # 一个词接连三次（第一次新用户运行里出现过）
 ])
 def test_loops_seen_in_real_runs_are_found(text):
     assert find_loop(text)
@@ -19,7 +20,9 @@ def test_loops_seen_in_real_runs_are_found(text):
 @pytest.mark.parametrize("text", [
     "新华社北京1月1日电 今天上午，国务院总理李鹏在人民大会堂会见了外宾。",
     "很好！！！！！",                    # 评论里常见的几个感叹号，太短，不算打转
-    "哈哈哈哈",
+    "哈哈哈",                           # 一个字三次：还不算
+    "…………",                           # 标点、数字的重复不算
+    "１９９８年１１１１",
     "质量不错，物流很快，下次还来。质量不错。",  # 一句话重复一次不算圈
 ])
 def test_ordinary_text_is_not_called_a_loop(text):
