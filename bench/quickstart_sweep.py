@@ -97,20 +97,6 @@ def _inputs(work: Path, vocab: int) -> Path:
     return inputs
 
 
-def _forwarded(argv: list[str]) -> list[str]:
-    """命令行参数去掉 --only 及其后的名字（换成单个配置再传给子进程）。"""
-    kept, skipping = [], False
-    for arg in argv:
-        if arg == "--only":
-            skipping = True
-        elif skipping and not arg.startswith("--"):
-            continue
-        else:
-            skipping = False
-            kept.append(arg)
-    return kept
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--work", default="/tmp/quickstart-sweep")
@@ -137,7 +123,9 @@ def main() -> None:
     if len(names) > 1:
         # 每个配置一个新进程：同一个进程连着跑几个配置，后面的会越来越慢（实测慢了约 20%）
         for name in names:
-            subprocess.run([sys.executable, __file__, *_forwarded(sys.argv[1:]), "--only", name], check=False)
+            command = [sys.executable, __file__, "--work", str(work), "--only", name,
+                       "--pretrain-minutes", str(args.pretrain_minutes), "--sft-minutes", str(args.sft_minutes)]
+            subprocess.run(command + (["--configs", args.configs] if args.configs else []), check=False)
         return
     for name in names:
         row = run_one(name, configs[name], work, args.pretrain_minutes, args.sft_minutes)

@@ -45,11 +45,6 @@ class BudgetClock:
         self.clock = clock
         self._mark = clock()
 
-    def restart(self, state: BudgetState) -> None:
-        """续训：换成检查点里的记账数据，从此刻接着计时。"""
-        self.state = state
-        self._mark = self.clock()
-
     def tick(self) -> float:
         """把上次 tick 以来的时间记入已用时间，返回这段时间（秒）。"""
         now = self.clock()
