@@ -5,6 +5,7 @@
 """
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -36,7 +37,8 @@ def test_data_knows_no_training_loop(module):
 
 
 @pytest.mark.parametrize("module", ["towergpt.generate", "towergpt.chat", "towergpt.server.app",
-                                    "towergpt.server.launch", "towergpt.hf.export"])
+                                    "towergpt.server.launch", "towergpt.hf.export",
+                                    "towergpt.inspect.cli"])
 def test_inference_needs_no_trainer(module):
     loaded = towergpt_modules_loaded_by(module)
     assert not {m for m in loaded if m.startswith(("towergpt.train", "towergpt.data.prepare"))}, loaded
@@ -46,3 +48,14 @@ def test_no_module_is_longer_than_the_limit():
     long = {str(path.relative_to(PACKAGE)): n for path in PACKAGE.rglob("*.py")
             if (n := len(path.read_text(encoding="utf-8").splitlines())) > MAX_MODULE_LINES}
     assert not long, long
+
+
+def test_the_doctor_knows_no_training_loop_and_no_torch():
+    """doctor 只读文本文件：不 import train/（训练循环），也不 import torch；反过来训练循环只 import doctor.live。"""
+    code = ("import json, sys; import towergpt.doctor.cli, towergpt.doctor.live; "
+            "print(json.dumps(sorted(m for m in sys.modules if m.startswith(('towergpt.train', 'torch')))))")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout) == []
+    loop_imports = (PACKAGE / "train" / "loop.py").read_text(encoding="utf-8")
+    assert set(re.findall(r"from towergpt\.doctor\.(\w+) import", loop_imports)) == {"live"}

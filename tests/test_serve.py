@@ -24,6 +24,7 @@ from conftest import run_cli, tiny_gpt  # noqa: E402
 from towergpt.chat_template import render_chat  # noqa: E402
 from towergpt.checkpoint import load, save_model_files  # noqa: E402
 from towergpt.generate import stream_generate, stream_text  # noqa: E402
+from towergpt.inspect.cli import run_inspect  # noqa: E402
 from towergpt.server.app import create_app  # noqa: E402
 from towergpt.server.settings import ServerSettings  # noqa: E402
 from towergpt.tokenizer import Tokenizer  # noqa: E402
@@ -294,6 +295,9 @@ def test_api_key_is_required_when_set(ckpt):
         assert reply.usage.completion_tokens >= 1
         assert http(live.url + "/health")[0] == 200                       # 健康检查和网页不需要密钥
         assert http(live.url + "/")[0] == 200
+        assert http(live.url + "/inspect")[0] == 200
+        assert assert_openai_error(*http(live.url + "/v1/inspect", {"text": "中国"}), 401)["code"] == "invalid_api_key"
+        assert http(live.url + "/v1/inspect", {"text": "中国"}, {"Authorization": f"Bearer {KEY}"})[0] == 200
 
 
 # ---- 并发 ------------------------------------------------------------------------------
@@ -422,6 +426,54 @@ def test_internal_failure_is_a_500_without_traceback(ckpt):
         status, raw = http(live.url + "/v1/completions", {"model": MODEL, "prompt": "x", "stream": True})
         assert '"error"' in raw and "simulated" not in raw and "Traceback" not in raw
         assert http(live.url + "/health")[0] == 200                       # 服务还活着
+
+
+# ---- 检视器 /v1/inspect ---------------------------------------------------------------
+
+def test_inspect_returns_the_same_report_as_run_inspect(server, reference):
+    """服务在线程池里用同一个模型检视；结果必须与直接调用 run_inspect 逐字相同（JSON 里的每个数）。"""
+    model, tokenizer = reference
+    status, text = http(server.url + "/v1/inspect", {"text": "中国人民的艺术", "top_k": 3})
+    assert status == 200, text
+    report = json.loads(text)
+    assert report["schema"] == "towergpt.inspect/1" and report["mode"] == "text"
+    assert report == json.loads(json.dumps(run_inspect(model, tokenizer, "中国人民的艺术", 3)))
+    assert all(len(row["top"]) == 3 for row in report["predictions"])
+
+    chat = {"text": "你好", "chat": True, "system": "你是一个助手。", "reply": "你好！"}
+    status, text = http(server.url + "/v1/inspect", chat)
+    assert status == 200, text
+    report = json.loads(text)
+    assert [m["role"] for m in report["text"]] == ["system", "user", "assistant"]
+    assert any(token["template"] for token in report["tokens"])
+
+    status, text = http(server.url + "/inspect")
+    assert status == 200 and "/static/inspect.js" in text
+    assert http(server.url + "/static/inspect.js")[0] == 200
+
+
+def test_inspect_rejects_bad_input_naming_the_field(server):
+    bad = [({"text": "  "}, "text"), ({}, "text"), ({"text": "中国" * 200}, "text"),   # 空的、没给、太长
+           ({"text": "x", "top_k": 0}, "top_k"), ({"text": "x", "top_k": 51}, "top_k"),
+           ({"text": "x", "top_k": True}, "top_k"), ({"text": "x", "chat": 1}, "chat"),
+           ({"text": "x", "system": "s"}, "system"), ({"text": "x", "reply": "r"}, "reply")]
+    for body, param in bad:
+        error = assert_openai_error(*http(server.url + "/v1/inspect", body), 400, param)
+        assert "\n" not in error["message"], error
+    empty = assert_openai_error(*http(server.url + "/v1/inspect", {"text": ""}), 400, "text")
+    assert "空" in empty["message"] and "empty" in empty["message"]           # 中文在前、英文在后的一行话
+
+
+def test_inspect_runs_beside_generation_without_taking_a_slot(slow_server):
+    """检视只读权重、不经过引擎：唯一的槽位正被占着（也不许排队）时，它照样马上回答。"""
+    connection, response = open_stream(slow_server)
+    try:
+        status, text = http(slow_server.url + "/v1/inspect", {"text": "中国人民"})
+        assert status == 200, text
+        assert slow_server.engine.stats()["active"] == 1                  # 那条回答还在生成
+    finally:
+        response.close()
+        connection.close()
 
 
 def test_cli_reports_user_errors_in_one_line(tmp_path):

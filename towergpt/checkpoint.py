@@ -21,17 +21,20 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import pickle
 import typing
 from dataclasses import fields
 from pathlib import Path
 
 import torch
 from safetensors import SafetensorError
+from safetensors.torch import load_file as safetensors_load_file
 from safetensors.torch import load_model as safetensors_load_model
+from safetensors.torch import save_file as safetensors_save_file
 from safetensors.torch import save_model as safetensors_save_model
 
 from towergpt.errors import TowerGPTError, where
+from towergpt.lora import adapter_tensors, apply_lora, has_lora, load_adapter_tensors, merge_lora
+from towergpt.lora.files import is_lora_checkpoint, read_lora_info, write_lora_info
 from towergpt.model import GPT, GPTConfig
 from towergpt.tokenizer import Tokenizer
 
@@ -116,8 +119,14 @@ def save_model_files(model: GPT, tokenizer, directory: str | Path, checksums: bo
     """
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    # save_model 会正确处理“输入词向量与输出头共用一份权重”这种共享张量
-    safetensors_save_model(_unwrap(model), str(directory / MODEL_FILE))
+    model = _unwrap(model)
+    if has_lora(model):
+        # LoRA：只存适配器（底座是冻结的，原样在底座检查点里），lora.json 记下底座是谁（见 lora/files.py）
+        safetensors_save_file(adapter_tensors(model), str(directory / MODEL_FILE))
+        write_lora_info(directory, model.lora)
+    else:
+        # save_model 会正确处理“输入词向量与输出头共用一份权重”这种共享张量
+        safetensors_save_model(model, str(directory / MODEL_FILE))
     (directory / CONFIG_FILE).write_text(
         json.dumps(model.config.to_dict(), ensure_ascii=False, indent=2) + "\n", encoding="utf-8"
     )
@@ -165,7 +174,7 @@ def read_checksums(directory: Path) -> dict | None:
     except FileNotFoundError:
         return None
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise DamagedCheckpointError(directory, f"{CHECKSUM_FILE} 无法读取 / unreadable: {_one_line(error)}") from None
+        raise DamagedCheckpointError(directory, f"{CHECKSUM_FILE} 无法读取 / unreadable: {one_line(error)}") from None
     files = manifest.get("files") if isinstance(manifest, dict) else None
     if not isinstance(files, dict) or not all(_valid_entry(entry) for entry in files.values()):
         raise DamagedCheckpointError(directory, f"{CHECKSUM_FILE} 内容不完整 / malformed")
@@ -297,11 +306,39 @@ def load_model(directory: str | Path, device: str | torch.device = "cpu") -> GPT
     directory = resolve_checkpoint(directory)
     try:
         verify_checksums(directory, skip=(STATE_FILE,))
-        model = GPT(read_model_config(directory))
-        read_weights(model, directory / MODEL_FILE)
+        if is_lora_checkpoint(directory):
+            model = _load_lora_model(directory)
+        else:
+            model = GPT(read_model_config(directory))
+            read_weights(model, directory / MODEL_FILE)
     except DamagedCheckpointError as error:
         raise DamagedCheckpointError(directory, _problem(error) + _older_hint(directory)) from None
     return model.to(device).eval()
+
+
+def _load_lora_model(directory: Path) -> GPT:
+    """LoRA 检查点：载入 lora.json 记下的底座（核对 sha256），装上适配器，合并成一个普通 GPT。"""
+    info = read_lora_info(directory)
+    base = Path(info.base_checkpoint)
+    if not (base / MODEL_FILE).is_file():
+        raise TowerGPTError(f"{directory / 'lora.json'}: 底座检查点 {base} 不见了；LoRA 检查点只有适配器，"
+                            f"离开底座无法使用（可在底座还在时用 `towergpt lora merge` 合并成普通检查点）"
+                            f" / the base checkpoint is missing")
+    if weights_sha256(base) != info.base_sha256:
+        raise TowerGPTError(f"{directory / 'lora.json'}: 底座 {base / MODEL_FILE} 的内容变了（sha256 不符），"
+                            f"这些适配器是针对原来那份权重训练的 / the base weights changed since training")
+    model = load_model(base)                # 底座本身也可以是 LoRA 检查点：递归地合并好
+    apply_lora(model, info)
+    read_weights(model, directory / MODEL_FILE)
+    return merge_lora(model)
+
+
+def weights_sha256(directory: Path) -> str:
+    """检查点 model.safetensors 的 sha256：checksums.json 里有记录就用记录（不必再读一遍文件）。"""
+    recorded = read_checksums(directory) or {}
+    if MODEL_FILE in recorded:
+        return recorded[MODEL_FILE]["sha256"]
+    return file_sha256(Path(directory) / MODEL_FILE)
 
 
 def load_model_weights(model: GPT, weights_path: Path) -> None:
@@ -312,42 +349,30 @@ def load_model_weights(model: GPT, weights_path: Path) -> None:
 
 
 def read_weights(model: GPT, weights_path: Path) -> None:
-    """只读权重、不核对校验和（调用者已经核对过）；文件坏了、与模型对不上都变成一行错误。"""
+    """只读权重、不核对校验和（调用者已经核对过）；文件坏了、与模型对不上都变成一行错误。
+
+    装了 LoRA 的模型（续训一个 LoRA 运行）只读适配器：底座权重已经从底座检查点载入。
+    """
     try:
+        if has_lora(model):
+            _check_same_base(model, weights_path.parent)
+            load_adapter_tensors(model, safetensors_load_file(str(weights_path)), str(weights_path))
+            return
         safetensors_load_model(model, str(weights_path), strict=True)
     except SafetensorError as error:
         # 截断、清空的文件：文件头读不完整（"header too small"、"file not fully covered"）
         raise DamagedCheckpointError(
-            weights_path.parent, f"{weights_path.name} 无法解析 / cannot be parsed: {_one_line(error)}") from None
-    except RuntimeError as error:
+            weights_path.parent, f"{weights_path.name} 无法解析 / cannot be parsed: {one_line(error)}") from None
+    except (RuntimeError, ValueError) as error:
         # 文件本身完好，只是张量的名字或形状与模型结构不一致：不是“损坏”，是配错了
-        raise TowerGPTError(f"{weights_path} 与 config.json 不匹配 / weights do not match: {_one_line(error)}") from None
+        raise TowerGPTError(f"{weights_path} 与 config.json 不匹配 / weights do not match: {one_line(error)}") from None
 
 
-def read_trainer_state(path: Path) -> dict:
-    """读 trainer_state.pt（weights_only=True：只还原张量、数字、字符串等，不执行任何 pickle 代码）。
-
-    两种失败要分开：
-      - 文件被截断、清空、乱码 → DamagedCheckpointError（续训可以退回更早的检查点）；
-      - 文件完整，却要求还原 weights_only 不允许的 Python 对象（比如一个函数）→ 普通 TowerGPTError。
-        这不是“坏了”，而是可疑：正常训练写出的文件不会这样。悄悄退回旧检查点会把问题藏起来，
-        所以拒绝并停下，让人去看看是谁改了这个目录。
-    """
-    path = Path(path)
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as error:
-        detail = _unpickler_detail(error)
-        if "Unsupported global" in detail:
-            raise TowerGPTError(
-                f"{path}: 含有 weights_only 不允许的 Python 对象（{detail}），为安全起见拒绝加载；"
-                f"正常训练写出的文件不会这样，它可能被人替换过 / refused: the file asks to load a Python "
-                f"object that weights_only does not allow; it may have been tampered with") from None
-        raise DamagedCheckpointError(path.parent, f"{path.name} 无法读取 / unreadable: {detail}") from None
-    except (RuntimeError, EOFError, OSError, ValueError) as error:
-        # 截断 → "failed finding central directory"；空文件 → EOFError；乱码 → "Invalid magic number"
-        reason = _one_line(error) or type(error).__name__
-        raise DamagedCheckpointError(path.parent, f"{path.name} 无法读取 / unreadable: {reason}") from None
+def _check_same_base(model, directory: Path) -> None:
+    """续训 LoRA 时，检查点记下的底座必须就是这次载入的底座。"""
+    if is_lora_checkpoint(directory) and read_lora_info(directory).base_sha256 != model.lora.base_sha256:
+        raise TowerGPTError(f"{directory / 'lora.json'} 记下的底座与这次的 init_from 不是同一份权重"
+                            f" / these adapters were trained on a different base checkpoint")
 
 
 def load(path: str | Path, device: str | torch.device = "cpu"):
@@ -380,20 +405,10 @@ def _older_hint(directory: Path) -> str:
     return f"；更早的检查点可用 --ckpt 指定 / an older checkpoint to try with --ckpt: {older[0]}"
 
 
-def _one_line(error: BaseException) -> str:
+def one_line(error: BaseException) -> str:
     """把多行的底层报错压成一行（torch 的报错常有好几段），太长就截断。"""
     text = " ".join(str(error).split())
     return text if len(text) <= 300 else text[:297] + "..."
-
-
-def _unpickler_detail(error: pickle.UnpicklingError) -> str:
-    """torch 的 weights_only 报错是一大段说明，真正的原因在 "WeightsUnpickler error:" 后面。"""
-    text = str(error)
-    marker = "WeightsUnpickler error:"
-    if marker in text:
-        text = text.split(marker, 1)[1]
-        text = text.split("Please use", 1)[0].split("Check the documentation", 1)[0]
-    return _one_line(Exception(text)).rstrip(". ")
 
 
 def _unwrap(model: torch.nn.Module) -> torch.nn.Module:

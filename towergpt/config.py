@@ -7,6 +7,8 @@
     train:  训练循环：步数、批大小、评估/保存频率、设备、精度……
     optim:  优化器与学习率曲线
     dpo:    偏好微调的 β、标签平滑、SFT 项权重（见 docs/dpo.md）
+    lora:   LoRA 的秩、α、dropout、装在哪些矩阵上（sft / dpo / grpo；rank 0 = 不用，见 docs/lora.md）
+    grpo:   强化学习：每组几个回答、奖励函数、裁剪、KL（见 docs/rl.md）
 
 每个键都有默认值和说明（见下方各 dataclass 的注释，以及 docs/training.md）。
 写错键名、类型不对、数值越界，都会得到一条指明“哪个文件第几行哪个键”的错误。
@@ -23,6 +25,7 @@ from pathlib import Path
 import yaml
 
 from towergpt.errors import TowerGPTError
+from towergpt.lora.adapters import parse_targets
 from towergpt.model import GPTConfig
 
 PRESET_DIR = Path(__file__).parent / "configs"
@@ -87,19 +90,43 @@ class DPOConfig:
 
 
 @dataclass
+class GRPOConfig:
+    group_size: int = 8            # G：每个提示词采样几个回答；优势 = 组内的相对好坏（见 docs/rl.md）
+    max_new_tokens: int = 8        # 每个回答最多几个 token
+    temperature: float = 1.0       # 采样温度；> 1 探索得更多。log 概率按同一温度算（被优化的就是这个“加温”的策略）
+    clip_eps: float = 0.2          # 概率比 π/π_old 的裁剪范围 [1-ε, 1+ε]（PPO 的做法）
+    kl_coef: float = 0.0           # 对冻结参考模型的 KL 惩罚系数 β（0 = 不加，也不必多做一次参考模型的前向）
+    rewards: str = "sentiment"     # 奖励：内置名（sentiment / format）或 模块:函数，逗号分隔，可写权重 sentiment:1,format:0.1
+    val_prompts: int = 64          # 从提示词文件里留出多少条做验证（贪心作答，val_reward/mean 即准确率）
+    max_prompt_tokens: int = 0     # 渲染后超过这么多 token 的提示词跳过（0 = 只受上下文限制）；一批按最长的补齐，
+                                   # 去掉少数很长的提示词，每步能快一倍（见 docs/rl.md）
+
+
+@dataclass
+class LoRAConfig:
+    rank: int = 0                  # LoRA 的秩 r（0 = 不用 LoRA，全量微调）；sft / dpo / grpo 都认（见 docs/lora.md）
+    alpha: float = 16.0            # 缩放系数 α：修正量乘 α / r；常取 r 的 1 到 2 倍
+    dropout: float = 0.0           # 只作用于进入 LoRA 支路的输入（0 ≤ 值 < 1）
+    targets: str = "qkv,out_proj,gate_proj,up_proj,down_proj"   # 装 LoRA 的矩阵（逗号分隔），名字同 model.py
+
+
+@dataclass
 class RunConfig:
     model: GPTConfig = field(default_factory=GPTConfig)
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     dpo: DPOConfig = field(default_factory=DPOConfig)
+    lora: LoRAConfig = field(default_factory=LoRAConfig)
+    grpo: GRPOConfig = field(default_factory=GRPOConfig)
     init_from: str = ""            # SFT / DPO：从哪个检查点（或运行目录）开始
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
 
-SECTIONS = {"model": GPTConfig, "data": DataConfig, "train": TrainConfig, "optim": OptimConfig, "dpo": DPOConfig}
+SECTIONS = {"model": GPTConfig, "data": DataConfig, "train": TrainConfig, "optim": OptimConfig, "dpo": DPOConfig,
+            "lora": LoRAConfig, "grpo": GRPOConfig}
 
 
 def resolve_config_path(name: str) -> Path:
@@ -149,7 +176,7 @@ def build_config(raw: dict, source: str = "<config>", lines: dict | None = None)
     if unknown:
         key = sorted(unknown)[0]
         raise TowerGPTError(f"{where(key)}: 未知的配置节 / unknown section（可用 / known: model, data, train, "
-                            f"optim, dpo, init_from）")
+                            f"optim, dpo, lora, grpo, init_from）")
     sections = {}
     for name, cls in SECTIONS.items():
         values = raw.get(name) or {}
@@ -222,6 +249,38 @@ def _check_ranges(config: RunConfig, where) -> None:
     if config.train.keep_last < 1:
         raise TowerGPTError(f"{where('train.keep_last')}: 必须 ≥ 1 / must be at least 1")
     _check_dpo(config.dpo, where)
+    _check_lora(config.lora, config.train, where)
+    _check_grpo(config.grpo, where)
+
+
+def _check_grpo(grpo: GRPOConfig, where) -> None:
+    """组里至少 2 个回答（1 个就没有“相对好坏”）；其余取值的范围。奖励名在 train/rewards.py 里解析。"""
+    if grpo.group_size < 2:
+        raise TowerGPTError(f"{where('grpo.group_size')}: 必须 ≥ 2：优势是组内比较出来的 / must be at least 2")
+    if grpo.max_new_tokens < 1 or grpo.val_prompts < 0 or grpo.max_prompt_tokens < 0:
+        raise TowerGPTError(f"{where('grpo.max_new_tokens')}: max_new_tokens ≥ 1、val_prompts ≥ 0、max_prompt_tokens ≥ 0"
+                            f" / out of range")
+    if not grpo.temperature > 0:
+        raise TowerGPTError(f"{where('grpo.temperature')}: 必须 > 0（训练要采样）/ must be positive")
+    if not 0 < grpo.clip_eps < 1 or grpo.kl_coef < 0:
+        raise TowerGPTError(f"{where('grpo.clip_eps')}: 需要 0 < clip_eps < 1、kl_coef ≥ 0 / out of range")
+
+
+def _check_lora(lora: LoRAConfig, train: TrainConfig, where) -> None:
+    """秩非负（0 = 关闭）、α 为正、dropout 在 [0, 1)、目标层都认识；LoRA 暂不支持 FSDP（见 docs/lora.md）。"""
+    if lora.rank < 0:
+        raise TowerGPTError(f"{where('lora.rank')}: 必须 ≥ 0（0 = 不用 LoRA）/ must be >= 0 (0 = off)")
+    if not lora.alpha > 0:
+        raise TowerGPTError(f"{where('lora.alpha')}: 必须 > 0 / must be positive")
+    if not 0.0 <= lora.dropout < 1.0:
+        raise TowerGPTError(f"{where('lora.dropout')}: 需要 0 ≤ 值 < 1 / must be in [0, 1)")
+    try:
+        parse_targets(lora.targets)
+    except ValueError as error:
+        raise TowerGPTError(f"{where('lora.targets')}: {error}") from None
+    if lora.rank and train.distributed == "fsdp":
+        raise TowerGPTError(f"{where('lora.rank')}: LoRA 暂不支持 train.distributed=fsdp，请用 ddp（适配器很小，"
+                            f"不需要分片）/ LoRA does not support fsdp yet; use ddp")
 
 
 def _check_dpo(dpo: DPOConfig, where) -> None:

@@ -220,7 +220,6 @@ def generate(
     return torch.cat([idx, tail], dim=1)
 
 
-@torch.inference_mode()
 def generate_batch_greedy(
     model: GPT,
     prompts: list[list[int]],
@@ -229,11 +228,57 @@ def generate_batch_greedy(
     eos_id: int | Iterable[int] | None = None,
     vocab_limit: int | None = None,
 ) -> list[list[int]]:
-    """一次为多条提示词做贪心解码，返回每条新生成的 id（截到第一个停止 token 之前）。
+    """一次为多条提示词做贪心解码，返回每条新生成的 id（截到第一个停止 token 之前）。"""
+    decoded = decode_batch(model, prompts, max_new_tokens, pad_id, eos_id, vocab_limit,
+                           choose=lambda logits: logits.argmax(dim=-1))
+    return [ids[:-1] if finished else ids for ids, finished in decoded]
+
+
+def sample_batch(
+    model: GPT,
+    prompts: list[list[int]],
+    max_new_tokens: int,
+    pad_id: int,
+    eos_id: int | Iterable[int] | None = None,
+    vocab_limit: int | None = None,
+    temperature: float = 1.0,
+    generator: torch.Generator | None = None,
+) -> list[tuple[list[int], bool]]:
+    """一次为多条提示词**采样**（强化学习用：同一个提示词放 G 份，就得到 G 个不同的回答）。
+
+    返回每条的 (新生成的 id —— 停下时含那个停止 token, 是否因停止 token 而结束)。
+    只有温度，没有 top-k / top-p：强化学习要的是“模型自己的分布”下的样本，截掉尾巴的样本
+    不再来自模型的分布，策略梯度的估计就偏了。temperature = 1 时恰好是模型的分布。
+    """
+    def choose(logits: torch.Tensor) -> torch.Tensor:
+        probs = (logits.float() / temperature).softmax(dim=-1)              # (B, V')
+        return torch.multinomial(probs, num_samples=1, generator=generator).view(-1)
+    return decode_batch(model, prompts, max_new_tokens, pad_id, eos_id, vocab_limit, choose)
+
+
+PAD_MULTIPLE = 32
+
+
+def padded_width(width: int, limit: int) -> int:
+    """把批次的宽度向上取到 PAD_MULTIPLE 的倍数（不超过 limit）。
+
+    为什么：CPU 上的 oneDNN（以及 GPU 上的很多内核）为每一种新的张量形状准备一次内核，头几次很慢；
+    强化学习每一步的提示词长短不同，若按最长的那条对齐，几乎每步都是新形状（实测头几步一步 13 秒，
+    之后 2～3 秒）。取整之后形状只有寥寥几种。左 padding 不改变结果（位置只数真 token），只是多算几列。
+    """
+    return max(width, min(-(-width // PAD_MULTIPLE) * PAD_MULTIPLE, limit))
+
+
+@torch.inference_mode()
+def decode_batch(model: GPT, prompts: list[list[int]], max_new_tokens: int, pad_id: int,
+                 eos_id: int | Iterable[int] | None, vocab_limit: int | None, choose
+                 ) -> list[tuple[list[int], bool]]:
+    """批量解码的共同部分：choose(logits (B, V')) → (B,) 决定每步选哪个 token。
 
     提示词长短不一，用**左** padding 对齐：这样每条的最后一个 token 都在同一列，
     下一步要预测的位置也对齐了。attention_mask 让真 token 看不见 padding，
     位置编号也只数真 token（见 model.GPT.forward），所以结果与逐条单独生成相同。
+    返回每条的 (新 id（停下时含停止 token）, 是否因停止 token 而结束)。
     """
     stop_ids = {eos_id} if isinstance(eos_id, int) else set(eos_id or ())
     device = model.embed.weight.device
@@ -241,6 +286,7 @@ def generate_batch_greedy(
     if width + max_new_tokens > model.config.max_seq_len:
         raise TowerGPTError(f"最长的提示词有 {width} 个 token，加上生成部分超过上下文 {model.config.max_seq_len} / "
                             f"prompt plus generation exceeds the context")
+    width = padded_width(width, model.config.max_seq_len - max_new_tokens)
     idx = torch.full((len(prompts), width), pad_id, dtype=torch.long, device=device)
     mask = torch.zeros((len(prompts), width), dtype=torch.long, device=device)
     for row, prompt in enumerate(prompts):
@@ -254,19 +300,17 @@ def generate_batch_greedy(
     outputs: list[list[int]] = [[] for _ in prompts]
     finished = [False] * len(prompts)
     for _ in range(max_new_tokens):
-        next_ids = real_token_logits(logits, vocab_limit).argmax(dim=-1)  # (B, V') → (B,)
+        next_ids = choose(real_token_logits(logits, vocab_limit))          # (B, V') → (B,)
         for row, token in enumerate(next_ids.tolist()):
             if not finished[row]:
-                if token in stop_ids:
-                    finished[row] = True
-                else:
-                    outputs[row].append(token)
+                outputs[row].append(token)
+                finished[row] = token in stop_ids
         if all(finished):
             break
         mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
         logits = model(next_ids.view(-1, 1), attention_mask=mask, kv_cache=cache)[:, -1]
     model.train(was_training)
-    return outputs
+    return list(zip(outputs, finished))
 
 
 def stream_text(tokenizer, token_ids: Iterator[int], stop_ids: set[int] = frozenset()) -> Iterator[str]:

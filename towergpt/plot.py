@@ -47,7 +47,10 @@ METRICS = {
     "val_bpc": ("验证集每字符比特数 bpc", "validation bits per character"),
     "val_loss": ("验证集损失 (nat/token)", "validation loss (nats/token)"),
     "loss": ("损失 (nat/token)", "loss (nats/token)"),
+    "reward": ("奖励（每个回答的平均）", "reward (mean per answer)"),
 }
+# 画两条线的指标：(训练行的键, 评估行的键)。强化学习的奖励：训练时是采样回答的平均，验证时是贪心作答的平均
+PAIRED = {"loss": ("loss", "val_loss"), "reward": ("reward/mean", "val_reward/mean")}
 X_AXES = {"tokens": ("见过的 token 数", "tokens seen"), "step": ("训练步数", "step")}
 
 
@@ -176,7 +179,7 @@ def default_labels(paths: list[Path]) -> list[str]:
 
 def _collect(paths: list[Path], labels: list[str], metric: str, x_axis: str) -> list[dict]:
     """读出每个运行要画的线：loss 指标画训练和验证两条，其余只画一条。"""
-    keys = [("loss", "train"), ("val_loss", "val")] if metric == "loss" else [(metric, "val")]
+    keys = list(zip(PAIRED[metric], ("train", "val"))) if metric in PAIRED else [(metric, "val")]
     series, seen_keys = [], set()
     for path, label in zip(paths, labels):
         rows = read_rows(path)
@@ -214,7 +217,7 @@ def _draw(series: list[dict], out: Path, metric: str, x_axis: str, title: str | 
                           label=f"{run['label']} · {name}")
             else:
                 name = ("验证", "val")[pick]
-                suffix = f" · {name}" if metric == "loss" else ""
+                suffix = f" · {name}" if metric in PAIRED else ""
                 axes.plot(line["x"], line["y"], color=color, linewidth=2.0, marker="o", markersize=3.5,
                           label=f"{run['label']}{suffix}")
     axes.set_xlabel(X_AXES[x_axis][pick])
@@ -222,7 +225,8 @@ def _draw(series: list[dict], out: Path, metric: str, x_axis: str, title: str | 
     if x_axis == "tokens":
         axes.xaxis.set_major_formatter(FuncFormatter(_short_number))
     default_title = ("越低越好；bpc 不受分词器影响，可以直接比较", "lower is better; bpc is comparable across tokenizers")
-    axes.set_title(title or (default_title[pick] if metric == "val_bpc" else ("越低越好", "lower is better")[pick]))
+    better = ("越高越好", "higher is better") if metric == "reward" else ("越低越好", "lower is better")
+    axes.set_title(title or (default_title[pick] if metric == "val_bpc" else better[pick]))
     axes.grid(True, alpha=0.3)
     axes.legend()
     figure.tight_layout()

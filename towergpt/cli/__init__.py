@@ -1,9 +1,10 @@
 """命令行入口 `towergpt`：解析参数，找到这个命令的实现，把用户错误打印成一行。
 
-三个文件，各管一件事：
+四个文件，各管一件事：
 
     parser.py      核心命令（分词器、数据准备、训练、生成、聊天、quickstart）的全部参数
     tools.py       其余命令（eval、plot、export、import、serve、data 工具）的全部参数
+    insight.py     看懂模型与训练的命令（inspect、doctor）的参数
     handlers.py    几个核心命令的“胶水”：把参数交给真正干活的函数
 
 参数定义只用标准库（argparse），所以 `towergpt --help` 不必加载 torch，一眨眼就出来。

@@ -60,10 +60,18 @@ def dpo(args: argparse.Namespace) -> None:
     _print_summary(run_dpo(load_config(args.config, args.set), resume=args.resume))
 
 
+def grpo(args: argparse.Namespace) -> None:
+    from towergpt.config import load_config
+    from towergpt.train.grpo import run_grpo
+
+    _print_summary(run_grpo(load_config(args.config, args.set), resume=args.resume))
+
+
 def quickstart(args: argparse.Namespace) -> None:
     from towergpt.demo.quickstart import run_quickstart
 
-    run_quickstart(out_dir=args.out, minutes=args.minutes, sft_minutes=args.sft_minutes, device=args.device)
+    run_quickstart(out_dir=args.out, minutes=args.minutes, sft_minutes=args.sft_minutes, device=args.device,
+                   rl_minutes=args.rl_minutes)
 
 
 def _print_summary(summary: dict) -> None:

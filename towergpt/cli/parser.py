@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import argparse
 
-from towergpt.cli import tools
+from towergpt.cli import insight, tools
 
 
 # ---------------------------------------------------------------------------
@@ -90,6 +90,8 @@ def build_parser() -> argparse.ArgumentParser:
     quick.add_argument("--out", default="runs/quickstart", help="输出目录 / output directory")
     quick.add_argument("--minutes", type=float, default=8.0, help="预训练的分钟数 / minutes of pretraining")
     quick.add_argument("--sft-minutes", type=float, default=3.0, help="对话微调的分钟数 / minutes of SFT")
+    quick.add_argument("--rl-minutes", type=float, default=0.0,
+                       help="再做几分钟强化学习（GRPO，奖励 = 答对情感；0 = 不做）/ minutes of GRPO after SFT (0 = skip)")
     quick.add_argument("--device", default="auto", help="cpu / cuda / mps / auto")
     quick.set_defaults(handler="towergpt.cli.handlers:quickstart")
 
@@ -108,8 +110,15 @@ def build_parser() -> argparse.ArgumentParser:
     add_training_args(dpo)
     dpo.set_defaults(handler="towergpt.cli.handlers:dpo")
 
+    # towergpt grpo --config FILE [--set k=v ...] [--resume]
+    grpo = commands.add_parser("grpo", help="强化学习（GRPO，程序判分的奖励）/ RL with checkable rewards")
+    add_training_args(grpo)
+    grpo.set_defaults(handler="towergpt.cli.handlers:grpo")
+
     # towergpt eval / plot / export / import / serve
     tools.add_tool_commands(commands)
+    # towergpt inspect / doctor
+    insight.add_insight_commands(commands)
 
     # towergpt generate ...
     gen = commands.add_parser("generate", help="用检查点续写文本 / continue a prompt")

@@ -1,4 +1,4 @@
-"""eval、plot、export、import、serve 和五个数据工具的参数（只用标准库）。
+"""eval、plot、export、import、serve、lora merge 和五个数据工具的参数（只用标准库）。
 
 取值范围和默认值（例如 plot 的指标名、dedup 的阈值）写在这里而不是从实现模块 import：
 import 实现模块就要加载 torch、matplotlib……`towergpt --help` 会慢上好几秒。
@@ -12,7 +12,7 @@ import os
 
 API_KEY_ENV = "TOWERGPT_API_KEY"
 EXPORT_DTYPES = ("float32", "bfloat16", "float16")
-PLOT_METRICS = ("val_bpc", "val_loss", "loss")
+PLOT_METRICS = ("val_bpc", "val_loss", "loss", "reward")
 PLOT_X_AXES = ("tokens", "step")
 CLEAN_CHAR_CLASSES = ("cjk", "digit", "han", "latin", "letter")
 CONVERT_MAX_CHARS = 2000
@@ -21,12 +21,16 @@ DEDUP_THRESHOLD, DEDUP_NUM_PERM, DEDUP_NGRAM = 0.8, 128, 5
 
 
 def add_tool_commands(commands) -> None:
-    """towergpt eval / plot / export / import / serve。"""
+    """towergpt eval / plot / export / import / serve / lora merge。"""
     _eval(commands.add_parser("eval", help="评估损失、困惑度、每字符比特或情感任务 / evaluate a checkpoint"))
     _plot(commands.add_parser("plot", help="画训练曲线 / plot training curves"))
     _export(commands.add_parser("export", help="导出为 Hugging Face 格式 / export to the Hugging Face format"))
     _import(commands.add_parser("import", help="从 Hugging Face Llama 检查点导入 / import a Llama-shaped HF checkpoint"))
     _serve(commands.add_parser("serve", help="OpenAI 兼容的 HTTP 服务和网页聊天 / OpenAI-compatible server + web chat"))
+    lora = commands.add_parser("lora", help="LoRA 工具 / LoRA tools")
+    lora_commands = lora.add_subparsers(dest="lora_command", metavar="ACTION")
+    lora_commands.required = True
+    _lora_merge(lora_commands.add_parser("merge", help="把 LoRA 运行合并成普通检查点 / merge a LoRA run"))
 
 
 def add_data_tools(data_commands) -> None:
@@ -67,7 +71,7 @@ def _plot(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("runs", nargs="+", metavar="RUN", help="运行目录（或其中的 metrics.jsonl），可多个")
     parser.add_argument("--out", required=True, help="输出图片（.png / .svg / .pdf）/ output image")
     parser.add_argument("--metric", default="val_bpc", choices=PLOT_METRICS,
-                        help="val_bpc（默认，可跨分词器比较）、val_loss，或 loss（训练 + 验证损失）")
+                        help="val_bpc（默认，可跨分词器比较）、val_loss、loss（训练 + 验证损失），或 reward（GRPO 的奖励）")
     parser.add_argument("--x", default="tokens", choices=PLOT_X_AXES, help="横轴：tokens（默认）或 step")
     parser.add_argument("--labels", nargs="+", default=None, help="图例名，与 RUN 一一对应；默认用目录名")
     parser.add_argument("--title", default=None, help="图的标题 / figure title")
@@ -116,6 +120,13 @@ def _serve(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-body-bytes", type=int, default=1_000_000,
                         help="请求体上限（字节），超过回 413 / request body limit in bytes")
     parser.set_defaults(handler="towergpt.server.launch:main")
+
+
+def _lora_merge(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--ckpt", required=True, help="LoRA 运行目录或它的检查点目录 / LoRA run or checkpoint dir")
+    parser.add_argument("--out", required=True, help="输出的检查点目录 / output checkpoint directory")
+    parser.add_argument("--overwrite", action="store_true", help="替换已有的非空输出目录 / replace a non-empty --out")
+    parser.set_defaults(handler="towergpt.lora.merge:main")
 
 
 # ---------------------------------------------------------------------------

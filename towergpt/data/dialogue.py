@@ -351,3 +351,24 @@ def _prompt_entries(record: dict, location: str) -> list[tuple[str, str, str]]:
                                       " / the prompt must end with a user message", field)
     _check_conversation(entries + [_PLACEHOLDER_ANSWER], location)
     return entries
+
+
+def parse_prompt(record: dict, location: str) -> tuple[list[dict], str]:
+    """一条强化学习的提示词记录 -> (提示的消息列表, 参考答案)。
+
+    提示写成 "prompt"（字符串，或以 user 结尾的消息数组，同偏好数据）或 "messages"（以 user 结尾的消息数组）；
+    "answer" 是奖励函数拿来核对的参考答案（字符串，可以省略：有的奖励不需要答案，例如 format）。
+    """
+    if not isinstance(record, dict):
+        raise DialogueError(location, f"这条记录是 {_type_name(record)}，需要一个 JSON 对象"
+                                      f" / record is {_type_name(record)}, expected an object")
+    if record.get("prompt") is None and isinstance(record.get("messages"), list):
+        record = {**record, "prompt": record["messages"]}
+    if record.get("prompt") is None:
+        raise DialogueError(location, f"提示词记录缺少 prompt 或 messages（这条记录的字段：{describe_keys(record)}）"
+                                      f" / a prompt record needs \"prompt\" or \"messages\"", "prompt")
+    messages = _prompt_entries(record, location)
+    answer = record.get("answer", "")
+    if not isinstance(answer, str):
+        raise DialogueError(location, f"值是 {_type_name(answer)}，需要字符串 / expected a string", "answer")
+    return [{"role": role, "content": content} for role, content, _ in messages], answer

@@ -7,6 +7,8 @@
     5. 续写     用几个中文开头续写（贪心 + 采样）
     6. 对话微调 在“判断评论情感”的对话上做 SFT（只在助手的回答上算损失）
     7. 成绩单   对 1000 条从未训练过的评论逐条对话作答，报告准确率，写 summary.json
+    8. 强化学习 （可选，--rl-minutes M）GRPO：对训练评论采样回答，答对情感得 1 分（docs/rl.md）
+    9. 成绩单   强化学习之后再答一遍那 1000 条评论
 
 所有产物都在 --out 目录（默认 runs/quickstart）里，之后可以用
 `towergpt generate --ckpt runs/quickstart/pretrain --prompt ...` 续写，
@@ -30,6 +32,7 @@ from towergpt.demo.corpus import build_demo_corpus
 from towergpt.errors import TowerGPTError
 from towergpt.model import GPT
 from towergpt.tokenizer import train_tokenizer
+from towergpt.train.grpo import run_grpo
 from towergpt.train.pretrain import run_pretrain
 from towergpt.train.sft import run_sft
 
@@ -38,10 +41,13 @@ VOCAB_SIZE = 8000   # 6000 与 8000 实测相差在噪声以内，8000 两项都
 
 
 def run_quickstart(out_dir: str = "runs/quickstart", minutes: float = 8.0, sft_minutes: float = 3.0,
-                   device: str = "auto", vocab_size: int = VOCAB_SIZE) -> dict:
-    """跑完整条流水线，返回（并写出）摘要。minutes 是预训练的分钟数，sft_minutes 是对话微调的分钟数。"""
-    if minutes <= 0 or sft_minutes <= 0:
-        raise TowerGPTError("--minutes 和 --sft-minutes 必须 > 0 / must be positive")
+                   device: str = "auto", vocab_size: int = VOCAB_SIZE, rl_minutes: float = 0.0) -> dict:
+    """跑完整条流水线，返回（并写出）摘要。minutes 是预训练的分钟数，sft_minutes 是对话微调的分钟数，
+    rl_minutes > 0 时再做这么多分钟的强化学习（GRPO，第 8、9 步）。"""
+    if minutes <= 0 or sft_minutes <= 0 or rl_minutes < 0:
+        raise TowerGPTError("--minutes 和 --sft-minutes 必须 > 0，--rl-minutes 不能为负 / must be positive")
+    global STAGES
+    STAGES = 9 if rl_minutes else 7
     started = time.perf_counter()
     out = _fresh_output_dir(Path(out_dir))
 
@@ -58,6 +64,14 @@ def run_quickstart(out_dir: str = "runs/quickstart", minutes: float = 8.0, sft_m
 
     _banner(7, "留出评论上的成绩 / accuracy on held-out reviews")
     summary.update(_evaluate_sentiment(out))
+
+    if rl_minutes:
+        _banner(8, f"强化学习约 {rl_minutes:g} 分钟（GRPO，奖励 = 答对情感）/ GRPO for about {rl_minutes:g} minutes")
+        summary.update(_rl(out, rl_minutes, device))
+        _banner(9, "强化学习之后的成绩 / accuracy after reinforcement learning")
+        after = _evaluate_sentiment(out, "rl")
+        summary.update(rl_accuracy=after["sentiment_accuracy"], rl_unparseable_answers=after["unparseable_answers"],
+                       rl_gain=round(after["sentiment_accuracy"] - summary["sentiment_accuracy"], 4))
 
     summary.update(minutes=round((time.perf_counter() - started) / 60, 2), samples=sample_rows,
                    looping_samples=sum(len(row["loops"]) for row in sample_rows),
@@ -80,6 +94,12 @@ PRETRAIN_SETTINGS = ["optim.name=muon", "optim.muon_lr=0.01", "optim.lr=0.003", 
                      "train.save_every=200"]
 SFT_SETTINGS = ["optim.name=muon", "train.micro_batch_size=32", "optim.lr=0.001", "optim.min_lr=0.0001",
                 "optim.weight_decay=0.0", "optim.warmup_steps=30", "train.eval_every=100", "train.save_every=200"]
+
+
+# GRPO 的设置（为什么是这些值：docs/rl.md 的“quickstart 的设置”，实测得来）
+RL_SETTINGS = ["train.micro_batch_size=8", "optim.lr=0.0003", "optim.min_lr=0.00003", "optim.warmup_steps=5",
+               "optim.weight_decay=0.0", "train.eval_every=0", "train.save_every=0", "data.eval_batches=2"]
+STAGES = 7
 
 
 def prepare_inputs(out: Path, vocab_size: int = VOCAB_SIZE) -> dict:
@@ -125,8 +145,19 @@ def _sft(out: Path, minutes: float, device: str, settings: list[str] = SFT_SETTI
     return {"sft_steps": result["step"], "sft_val_loss": result.get("val_loss"), "sft_minutes": result["minutes"]}
 
 
-def _evaluate_sentiment(out: Path) -> dict:
-    model, tokenizer = load(out / "sft")
+def _rl(out: Path, minutes: float, device: str, settings: list[str] = RL_SETTINGS) -> dict:
+    """从 SFT 模型出发做 GRPO：提示词就是训练部分的评论（参考答案是标注），奖励 = 回答与标注一致。"""
+    prompts = out / "corpus" / "sentiment_prompts.jsonl"
+    sentiment.write_prompts(out / "corpus" / "sentiment_train.jsonl", prompts)
+    config = _timed_config([f"init_from={out / 'sft'}", f"data.path={prompts}", f"train.device={device}", *settings],
+                           out / "rl", minutes)
+    result = _stop_if_interrupted(run_grpo(config))
+    return {"rl_steps": result["step"], "rl_minutes": result["minutes"],
+            "rl_val_reward": result.get("val_reward/mean")}
+
+
+def _evaluate_sentiment(out: Path, stage: str = "sft") -> dict:
+    model, tokenizer = load(out / stage)
     result = sentiment.evaluate(model, tokenizer, out / "corpus" / "sentiment_heldout.jsonl")
     print(f"准确率 / accuracy: {result['sentiment_accuracy']:.3f}（多数类基线 / majority baseline "
           f"{result['majority_baseline']:.3f}，{result['heldout_reviews']} 条从未训练过的评论）\n")
@@ -174,5 +205,5 @@ def _fresh_output_dir(out: Path) -> Path:
 
 
 def _banner(number: int, title: str) -> None:
-    print(f"\n{'=' * 8} [{number}/7] {title} {'=' * 8}", flush=True)
+    print(f"\n{'=' * 8} [{number}/{STAGES}] {title} {'=' * 8}", flush=True)
 

@@ -39,6 +39,16 @@ def write_dialogues(reviews_path: str | Path, out_path: str | Path) -> int:
     return len(rows)
 
 
+def write_prompts(reviews_path: str | Path, out_path: str | Path) -> int:
+    """把带标签的评论写成强化学习的提示词（{"messages": [用户的话], "answer": 标注}），返回条数。"""
+    rows = read_reviews(reviews_path)
+    with open(out_path, "w", encoding="utf-8") as handle:
+        for row in rows:
+            record = {"messages": [{"role": "user", "content": question_for(row["review"])}], "answer": row["label"]}
+            handle.write(json.dumps(record, ensure_ascii=False) + "\n")
+    return len(rows)
+
+
 def answer_all(model, tokenizer, reviews: list[str], batch_size: int = 32) -> list[str]:
     """对每条评论做一次贪心的对话回答（批量、左 padding），返回回答文本。"""
     prompts = [render_chat(tokenizer, [{"role": "user", "content": question_for(r)}],

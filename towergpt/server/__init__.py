@@ -13,6 +13,7 @@
     responses.py    把生成结果拼成 OpenAI 的 JSON 与流式 chunk（server-sent events）
     errors.py       一切错误都变成 OpenAI 的错误 JSON：{"error": {"message", "type", "param", "code"}}
     routes.py       各个 URL：/v1/chat/completions、/v1/completions、/v1/models、/health、网页
+    inspect_routes.py  检视器：POST /v1/inspect 与它的网页 /inspect（只读模型，不经过引擎）
     settings.py     服务的各项上限（命令行参数）
     app.py          把以上组装成一个 FastAPI 应用
     launch.py       `towergpt serve` 命令本身：载入检查点、检查监听地址与密钥、启动 uvicorn

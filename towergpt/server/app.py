@@ -9,6 +9,7 @@ from fastapi import FastAPI
 from towergpt.server.engine import Engine
 from towergpt.server.errors import install_error_handlers
 from towergpt.server.guards import BearerAuth, BodySizeLimit, LoopbackHostCheck
+from towergpt.server.inspect_routes import register_inspect_routes
 from towergpt.server.routes import register_routes
 from towergpt.server.settings import ServerSettings
 
@@ -34,6 +35,7 @@ def create_app(model, tokenizer, settings: ServerSettings | None = None):
     app.state.settings = settings
     install_error_handlers(app)
     register_routes(app, engine, tokenizer, settings, model.config.max_seq_len)
+    register_inspect_routes(app, model, tokenizer)      # 检视器：只读模型，不经过引擎
     # 中间件：后加的在外层。请求依次经过：Host 检查 → 密钥检查 → 请求体大小 → 路由
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
     app.add_middleware(BearerAuth, api_key=settings.api_key)

@@ -5,6 +5,7 @@
     GET  /v1/models             有哪个模型（以及它的上下文长度 max_model_len）
     GET  /health                服务是否活着、槽位和队列的占用（不需要密钥）
     GET  /                      网页聊天（towergpt/web/ 下的静态文件）
+    （检视器的 POST /v1/inspect 与 GET /inspect 在 inspect_routes.py）
 
 客户端中途离开时，一定要尽快告诉引擎“不用算了”：
     - 流式：Starlette 发现连接断开会取消正在产出 chunk 的协程，我们在 finally 里 cancel；

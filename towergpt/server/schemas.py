@@ -15,6 +15,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from towergpt.inspect.cli import MAX_TOP_K
 from towergpt.server.errors import APIError
 
 MAX_STOP_STRINGS = 4          # 与 OpenAI 相同
@@ -126,3 +127,25 @@ class CompletionRequest(SamplingRequest):
             raise APIError(400, "不支持 echo / echo is not supported", "echo", "unsupported_parameter")
         if self.suffix:
             raise APIError(400, "不支持 suffix / suffix is not supported", "suffix", "unsupported_parameter")
+
+
+class InspectRequest(BaseModel):
+    """POST /v1/inspect（检视器网页用，不是 OpenAI 的接口）：看模型怎样读这段文字。
+
+    chat 为真时按对话模板渲染：用户说 text，system 是可选的系统提示词；给了 reply 就看“模型怎样读完
+    这段回答”，没给就停在“轮到助手了”。system / reply 只在 chat 时有意义，不是 chat 时给了就报错
+    （与 `towergpt inspect` 的 --system / --reply 相同）：悄悄忽略的话，用户会以为它们起了作用。
+    """
+
+    model_config = STRICT_IGNORING_EXTRA
+
+    text: str
+    top_k: int = Field(5, ge=1, le=MAX_TOP_K)
+    chat: bool = False
+    system: str | None = None
+    reply: str | None = None
+
+    def reject_unpaired(self) -> None:
+        for name in ("system", "reply"):
+            if getattr(self, name) is not None and not self.chat:
+                raise APIError(400, f"{name} 只在 chat 为 true 时有意义 / {name} needs chat: true", name)

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import errno
 import os
+import pickle
 import shutil
 import traceback
 from pathlib import Path
@@ -33,7 +34,7 @@ import torch
 
 from towergpt.checkpoint import (
     LATEST_FILE, MODEL_FILE, STATE_FILE, DamagedCheckpointError, older_checkpoints, read_latest,
-    read_trainer_state, read_weights, save_model_files, verify_checksums, write_checksums,
+    one_line, read_weights, save_model_files, verify_checksums, write_checksums,
 )
 from towergpt.errors import TowerGPTError
 
@@ -279,7 +280,7 @@ def load_checkpoint(directory: Path, model) -> dict:
     """核对校验和，把权重载入 model，返回训练状态 dict。
 
     坏了（缺文件、校验和不符、文件截断）抛出 DamagedCheckpointError；
-    trainer_state.pt 要求还原可疑的 Python 对象时抛出普通 TowerGPTError（见 checkpoint.read_trainer_state）。
+    trainer_state.pt 要求还原可疑的 Python 对象时抛出普通 TowerGPTError（见下面的 read_trainer_state）。
     """
     directory = Path(directory)
     for name in (MODEL_FILE, STATE_FILE):
@@ -304,3 +305,39 @@ def load_newest_intact(run_dir: Path, model, warn: Callable[[str], None]) -> tup
             warn(f"警告 / warning: {error}；改用更早的检查点 / falling back to an older checkpoint")
     raise TowerGPTError(f"--resume：{Path(run_dir) / 'checkpoints'} 里的检查点全都损坏了（{', '.join(damaged)}），"
                         f"无法续训 / every checkpoint is damaged, cannot resume")
+
+
+def read_trainer_state(path: Path) -> dict:
+    """读 trainer_state.pt（weights_only=True：只还原张量、数字、字符串等，不执行任何 pickle 代码）。
+
+    两种失败要分开：
+      - 文件被截断、清空、乱码 → DamagedCheckpointError（续训可以退回更早的检查点）；
+      - 文件完整，却要求还原 weights_only 不允许的 Python 对象（比如一个函数）→ 普通 TowerGPTError。
+        这不是“坏了”，而是可疑：正常训练写出的文件不会这样。悄悄退回旧检查点会把问题藏起来，
+        所以拒绝并停下，让人去看看是谁改了这个目录。
+    """
+    path = Path(path)
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as error:
+        detail = _unpickler_detail(error)
+        if "Unsupported global" in detail:
+            raise TowerGPTError(
+                f"{path}: 含有 weights_only 不允许的 Python 对象（{detail}），为安全起见拒绝加载；"
+                f"正常训练写出的文件不会这样，它可能被人替换过 / refused: the file asks to load a Python "
+                f"object that weights_only does not allow; it may have been tampered with") from None
+        raise DamagedCheckpointError(path.parent, f"{path.name} 无法读取 / unreadable: {detail}") from None
+    except (RuntimeError, EOFError, OSError, ValueError) as error:
+        # 截断 → "failed finding central directory"；空文件 → EOFError；乱码 → "Invalid magic number"
+        reason = one_line(error) or type(error).__name__
+        raise DamagedCheckpointError(path.parent, f"{path.name} 无法读取 / unreadable: {reason}") from None
+
+
+def _unpickler_detail(error: pickle.UnpicklingError) -> str:
+    """torch 的 weights_only 报错是一大段说明，真正的原因在 "WeightsUnpickler error:" 后面。"""
+    text = str(error)
+    marker = "WeightsUnpickler error:"
+    if marker in text:
+        text = text.split(marker, 1)[1]
+        text = text.split("Please use", 1)[0].split("Check the documentation", 1)[0]
+    return one_line(Exception(text)).rstrip(". ")

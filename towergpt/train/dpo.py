@@ -43,6 +43,7 @@ from towergpt.model import IGNORE_INDEX
 from towergpt.train.distributed import is_main_process, rank_and_world
 from towergpt.train.loop import Trainer
 from towergpt.train.objective import ObjectiveResult
+from towergpt.train.lora_setup import attach_lora
 from towergpt.train.sft import load_initial_model
 
 
@@ -140,8 +141,9 @@ def run_dpo(config: RunConfig, resume: bool = False) -> dict:
         raise TowerGPTError("data.path 未设置：请指向 `towergpt data prepare --format dpo` 的输出"
                             " / data.path is not set")
     data_dir = Path(config.data.path)
-    model, tokenizer = load_initial_model(config, data_dir)
+    model, tokenizer = load_initial_model(config, data_dir, lora=False)
     reference = freeze(model)   # 在训练改动 model 之前拷贝：参考模型就是起点的 SFT 模型
+    attach_lora(model, config)  # 拷完再装 LoRA（配置了的话）：参考模型里不必带着一堆为零的适配器
     seq_len, seed = config.model.max_seq_len, config.train.seed
     rank, world_size = rank_and_world()
     train_data = DPOData(data_dir, "train", seq_len, seed=seed, rank=rank, world_size=world_size)

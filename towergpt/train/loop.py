@@ -58,6 +58,7 @@ from tqdm import tqdm
 
 from towergpt.config import RunConfig, save_config
 from towergpt.device import pin_memory
+from towergpt.doctor.live import LiveDoctor, warning_line
 from towergpt.errors import TowerGPTError
 from towergpt.train import distributed, precision
 from towergpt.train.budget import BudgetClock, BudgetState, decay_progress, should_finish
@@ -123,10 +124,13 @@ class Trainer:
                 f"{self.run_dir} 里已有检查点：续训请加 --resume，重新开始请换一个 train.out_dir / "
                 f"checkpoints exist: pass --resume, or choose another train.out_dir"
             )
-        self.metrics = None
+        self.metrics = self.doctor = None
         if self.dist.is_main:
             save_config(self.config, self.run_dir / "config.yaml")
             self.metrics = MetricsLogger(self.run_dir, resume_step=self.progress.step)
+            # 实时诊断（towergpt/doctor/live.py）：种类取自数据的 meta.json（pretrain / sft / dpo），循环只是转交
+            data_kind = (getattr(self.train_data, "meta", None) or {}).get("kind", "")
+            self.doctor = LiveDoctor.for_run(self.run_dir, self.config.to_dict(), data_kind)
         try:
             stopped_by = self._loop()
         finally:
@@ -141,8 +145,12 @@ class Trainer:
         return {"config": self.config.to_dict(), "data": {k: meta.get(k) for k in ("tokenizer_fingerprint", "train")}}
 
     def _log(self, row: dict) -> None:
+        """写一行指标（只在主进程）；同一行交给实时诊断，新出现的问题各打印一行（每种一次运行只说一次）。"""
         if self.metrics is not None:
             self.metrics.log(row)
+        if self.doctor is not None:
+            for finding in self.doctor.feed(row):
+                tqdm.write(warning_line(finding, self.run_dir))
 
     def _loop(self) -> str:
         """一直训练到步数或时间预算用完（或被信号打断）；返回停下的原因。"""
