@@ -25,7 +25,6 @@ def run_one(run: Path, minutes: float, rank: int, out: Path) -> dict:
     """一个配置：SFT（rank 0 = 全量），然后在 1000 条留出评论上作答。在子进程里调用。"""
     import time
 
-    import torch
     from safetensors.torch import load_file
 
     from towergpt.checkpoint import load, resolve_checkpoint
@@ -41,9 +40,7 @@ def run_one(run: Path, minutes: float, rank: int, out: Path) -> dict:
                      f"optim.min_lr={LORA_LR / 10}"]
     started = time.perf_counter()
     summary = run_sft(load_config("tiny", settings))
-    state = read_trainer_state(resolve_checkpoint(out) / "trainer_state.pt")["optimizer"]["state"]
-    optimizer_bytes = sum(t.numel() * t.element_size() for s in state.values() for t in s.values()
-                          if isinstance(t, torch.Tensor))
+    optimizer_bytes = tensor_bytes(read_trainer_state(resolve_checkpoint(out) / "trainer_state.pt")["optimizer"])
     # LoRA 检查点的 model.safetensors 里只有适配器：它们的元素个数就是可训练参数的个数
     weights = load_file(str(resolve_checkpoint(out) / "model.safetensors"))
     trainable = sum(t.numel() for t in weights.values()) if rank else None
@@ -58,6 +55,19 @@ def run_one(run: Path, minutes: float, rank: int, out: Path) -> dict:
         "accuracy": result["sentiment_accuracy"], "unparseable": result["unparseable_answers"],
         "wall_s": round(time.perf_counter() - started, 1),
     }
+
+
+def tensor_bytes(value) -> int:
+    """一个（嵌套的）state_dict 里所有张量的字节数：AdamW 的和 Muon + AdamW 的结构不同，一律递归地数。"""
+    import torch
+
+    if isinstance(value, torch.Tensor):
+        return value.numel() * value.element_size()
+    if isinstance(value, dict):
+        return sum(tensor_bytes(v) for v in value.values())
+    if isinstance(value, (list, tuple)):
+        return sum(tensor_bytes(v) for v in value)
+    return 0
 
 
 def main() -> None:

@@ -28,6 +28,12 @@ def test_the_model_imports_nothing_of_ours():
     assert towergpt_modules_loaded_by("towergpt.model") == {"towergpt", "towergpt.model"}
 
 
+def test_lora_is_a_lesson_that_stands_alone():
+    """LoRA 的那一层只依赖 torch（像 model.py 一样可以单独读懂）；整个 lora 包不认识训练循环。"""
+    loaded = towergpt_modules_loaded_by("towergpt.lora")
+    assert not {m for m in loaded if m.startswith(("towergpt.train", "towergpt.data", "towergpt.checkpoint"))}, loaded
+
+
 @pytest.mark.parametrize("module", ["towergpt.data.prepare", "towergpt.data.pretrain_dataset",
                                     "towergpt.data.sft_dataset", "towergpt.data.dpo_dataset",
                                     "towergpt.data.dedup", "towergpt.data.clean"])

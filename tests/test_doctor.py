@@ -25,7 +25,7 @@ def make_config(**sections):
               "optim": {"lr": PEAK_LR, "warmup_steps": WARMUP, "grad_clip": 1.0},
               "dpo": {"beta": 0.1, "sft_weight": 0.0}, "init_from": ""}
     for name, values in sections.items():
-        config[name] = {**config[name], **values} if isinstance(values, dict) else values
+        config[name] = {**config.get(name, {}), **values} if isinstance(values, dict) else values
     return config
 
 
@@ -256,6 +256,26 @@ def test_an_objective_the_doctor_does_not_know_gets_only_the_generic_checks(tmp_
     assert findings_of(run) == {}
     rows[40]["loss"] = None                       # NaN 对谁都是问题
     assert "non_finite" in findings_of(write_run(tmp_path / "nan", rows, make_config(init_from="runs/sft")))
+
+
+def grpo_rows(steps=40, no_signal=lambda step: 0.3, reward=lambda step: 0.6 + 0.008 * step, length=3.0):
+    """GRPO 的训练行：损失恒在 0 附近，奖励、无信号比例、回答长度由参数决定。"""
+    return [{**row, "loss": 1e-17, "reward/mean": reward(row["step"]), "reward/no_signal": no_signal(row["step"]),
+             "reward/std": 0.3, "completion_length": length, "clip_fraction": 0.0}
+            for row in training_rows(steps)]
+
+
+def test_grpo_runs_are_judged_by_their_rewards_not_their_loss(tmp_path):
+    config = make_config(init_from="runs/sft", grpo={"group_size": 8, "temperature": 1.0, "max_new_tokens": 8})
+    healthy = write_run(tmp_path / "ok", grpo_rows(), config)
+    assert read_run(healthy).kind == "grpo" and findings_of(healthy) == {}   # 损失恒为 ~0 也不算“不降”
+    silent = findings_of(write_run(tmp_path / "silent", grpo_rows(no_signal=lambda s: 0.3 if s < 20 else 1.0),
+                                   config))
+    assert silent["rl_no_signal"].is_problem and silent["rl_no_signal"].evidence["no_signal"] == 1.0
+    flat = findings_of(write_run(tmp_path / "flat", grpo_rows(reward=lambda s: 0.7), config))
+    assert not flat["rl_reward_flat"].is_problem
+    cut = findings_of(write_run(tmp_path / "cut", grpo_rows(length=8.0), config))
+    assert cut["rl_truncated"].evidence["max_new_tokens"] == 8
 
 
 # ---- 输出 ----------------------------------------------------------------------------------------
