@@ -66,3 +66,15 @@ def test_a_missing_optional_package_is_one_line_and_a_broken_module_is_loud(tmp_
         resolve_handler("needs_missing_package:main")
     with pytest.raises(ModuleNotFoundError):           # 我们自己的模块不见了：是 bug，要 traceback
         resolve_handler("towergpt.no_such_module:main")
+
+
+def test_output_into_a_closed_pipe_ends_quietly():
+    """`towergpt … | head -1`：head 读完一行就走了，我们再写就是 BrokenPipeError——不该变成一段 traceback。"""
+    code = ("import sys; from towergpt.cli import main; from towergpt.cli import parser; "
+            "import towergpt.cli as cli; "
+            "cli.resolve_handler = lambda spec: (lambda args: [print('行 / line', i) for i in range(100000)]); "
+            "main(['doctor', 'somewhere'])")
+    result = subprocess.run(f'"{sys.executable}" -c "{code}" | head -1', shell=True, capture_output=True,
+                            text=True, timeout=60)
+    assert result.stdout.strip() == "行 / line 0"
+    assert "Traceback" not in result.stderr and "BrokenPipe" not in result.stderr

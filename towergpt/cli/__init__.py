@@ -16,6 +16,7 @@
 from __future__ import annotations
 
 import importlib
+import os
 import sys
 
 from towergpt.cli.parser import build_parser
@@ -48,3 +49,8 @@ def main(argv: list[str] | None = None) -> None:
     except KeyboardInterrupt:
         print("\n已中断 / interrupted", file=sys.stderr)
         sys.exit(130)
+    except BrokenPipeError:
+        # 输出接给了提前退出的程序（例如 `towergpt doctor RUN | head`）：不是错误，安静地结束。
+        # 把标准输出换成 /dev/null，免得 Python 退出时冲刷缓冲区再报一次同样的错
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        sys.exit(0)
