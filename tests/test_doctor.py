@@ -276,6 +276,8 @@ def test_grpo_runs_are_judged_by_their_rewards_not_their_loss(tmp_path):
     assert not flat["rl_reward_flat"].is_problem
     cut = findings_of(write_run(tmp_path / "cut", grpo_rows(length=8.0), config))
     assert cut["rl_truncated"].evidence["max_new_tokens"] == 8
+    zero_loss = [{**row, "loss": 0.0} for row in grpo_rows()]     # 全部组无信号的步：损失恰好为 0，也是一行
+    assert "too_short" not in findings_of(write_run(tmp_path / "zero", zero_loss, config))
 
 
 # ---- 输出 ----------------------------------------------------------------------------------------

