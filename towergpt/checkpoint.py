@@ -119,7 +119,7 @@ def save_model_files(model: GPT, tokenizer, directory: str | Path, checksums: bo
     """
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    model = _unwrap(model)
+    model = unwrap_model(model)
     if has_lora(model):
         # LoRA：只存适配器（底座是冻结的，原样在底座检查点里），lora.json 记下底座是谁（见 lora/files.py）
         safetensors_save_file(adapter_tensors(model), str(directory / MODEL_FILE))
@@ -411,7 +411,11 @@ def one_line(error: BaseException) -> str:
     return text if len(text) <= 300 else text[:297] + "..."
 
 
-def _unwrap(model: torch.nn.Module) -> torch.nn.Module:
-    """去掉 torch.compile / DDP 的外壳，拿到真正的 GPT。"""
-    model = getattr(model, "_orig_mod", model)
-    return getattr(model, "module", model)
+def unwrap_model(model: torch.nn.Module) -> torch.nn.Module:
+    """去掉 DDP 和 torch.compile 的外壳，拿到真正的 GPT（参数、子模块都是同一份）。
+
+    训练时的包法是 DDP(compile(model))（train/distributed.py 的 wrap_model），所以先剥 DDP（.module），
+    再剥 compile（._orig_mod）；只包了其中一层、或一层都没包的模型也照样对。
+    """
+    model = getattr(model, "module", model)
+    return getattr(model, "_orig_mod", model)

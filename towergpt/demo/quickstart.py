@@ -46,29 +46,28 @@ def run_quickstart(out_dir: str = "runs/quickstart", minutes: float = 8.0, sft_m
     rl_minutes > 0 时再做这么多分钟的强化学习（GRPO，第 8、9 步）。"""
     if minutes <= 0 or sft_minutes <= 0 or rl_minutes < 0:
         raise TowerGPTError("--minutes 和 --sft-minutes 必须 > 0，--rl-minutes 不能为负 / must be positive")
-    global STAGES
-    STAGES = 9 if rl_minutes else 7
+    stages = 9 if rl_minutes else 7         # 做强化学习时多两步（横幅上写“第几步 / 共几步”）
     started = time.perf_counter()
     out = _fresh_output_dir(Path(out_dir))
 
-    corpus_stats = prepare_inputs(out, vocab_size)
+    corpus_stats = prepare_inputs(out, vocab_size, stages)
 
-    _banner(4, f"预训练约 {minutes:g} 分钟 / pretraining for about {minutes:g} minutes")
+    _banner(4, stages, f"预训练约 {minutes:g} 分钟 / pretraining for about {minutes:g} minutes")
     summary = _pretrain(out, minutes, device)
 
-    _banner(5, "续写示例 / samples")
+    _banner(5, stages, "续写示例 / samples")
     sample_rows = _samples(out / "pretrain")
 
-    _banner(6, f"对话微调约 {sft_minutes:g} 分钟 / dialogue fine-tuning for about {sft_minutes:g} minutes")
+    _banner(6, stages, f"对话微调约 {sft_minutes:g} 分钟 / dialogue fine-tuning for about {sft_minutes:g} minutes")
     summary.update(_sft(out, sft_minutes, device))
 
-    _banner(7, "留出评论上的成绩 / accuracy on held-out reviews")
+    _banner(7, stages, "留出评论上的成绩 / accuracy on held-out reviews")
     summary.update(_evaluate_sentiment(out))
 
     if rl_minutes:
-        _banner(8, f"强化学习约 {rl_minutes:g} 分钟（GRPO，奖励 = 答对情感）/ GRPO for about {rl_minutes:g} minutes")
+        _banner(8, stages, f"强化学习约 {rl_minutes:g} 分钟（GRPO，奖励 = 答对情感）/ GRPO for about {rl_minutes:g} minutes")
         summary.update(_rl(out, rl_minutes, device))
-        _banner(9, "强化学习之后的成绩 / accuracy after reinforcement learning")
+        _banner(9, stages, "强化学习之后的成绩 / accuracy after reinforcement learning")
         after = _evaluate_sentiment(out, "rl")
         summary.update(rl_accuracy=after["sentiment_accuracy"], rl_unparseable_answers=after["unparseable_answers"],
                        rl_gain=round(after["sentiment_accuracy"] - summary["sentiment_accuracy"], 4))
@@ -100,22 +99,21 @@ SFT_SETTINGS = ["optim.name=muon", "train.micro_batch_size=32", "optim.lr=0.001"
 RL_SETTINGS = ["train.micro_batch_size=8", "grpo.group_size=8", "grpo.temperature=1.5", "optim.lr=0.0001",
                "optim.min_lr=0.00001", "optim.warmup_steps=5", "optim.weight_decay=0.0", "train.eval_every=0",
                "train.save_every=0", "data.eval_batches=2"]
-STAGES = 7
 
 
-def prepare_inputs(out: Path, vocab_size: int = VOCAB_SIZE) -> dict:
-    """第 1~3 步：内置语料、分词器、token 分片，都写在 out 下；返回语料的统计。"""
-    _banner(1, "构建内置语料 / building the built-in corpus")
+def prepare_inputs(out: Path, vocab_size: int = VOCAB_SIZE, stages: int = 7) -> dict:
+    """第 1~3 步（共 stages 步）：内置语料、分词器、token 分片，都写在 out 下；返回语料的统计。"""
+    _banner(1, stages, "构建内置语料 / building the built-in corpus")
     corpus_stats = build_demo_corpus(out / "corpus")
     print(f"新闻 {corpus_stats['news_documents']} 篇 {corpus_stats['news_characters']:,} 字，"
           f"评论 {corpus_stats['train_reviews']} 条（另留出 {corpus_stats['heldout_reviews']} 条不参与训练）")
 
-    _banner(2, "训练分词器 / training the tokenizer")
+    _banner(2, stages, "训练分词器 / training the tokenizer")
     train_tokenizer(inputs=[str(out / "corpus" / "pretrain.jsonl")], vocab_size=vocab_size,
                     out_dir=str(out / "tokenizer"), field="text", max_sentences=2_000_000,
                     character_coverage=0.9995)
 
-    _banner(3, "分词并打包数据 / preparing token shards")
+    _banner(3, stages, "分词并打包数据 / preparing token shards")
     prepare_pretrain([str(out / "corpus" / "pretrain.jsonl")], str(out / "tokenizer"), str(out / "data"),
                      val_fraction=0.02)
     return corpus_stats
@@ -205,6 +203,6 @@ def _fresh_output_dir(out: Path) -> Path:
     return out
 
 
-def _banner(number: int, title: str) -> None:
-    print(f"\n{'=' * 8} [{number}/{STAGES}] {title} {'=' * 8}", flush=True)
+def _banner(number: int, stages: int, title: str) -> None:
+    print(f"\n{'=' * 8} [{number}/{stages}] {title} {'=' * 8}", flush=True)
 

@@ -28,7 +28,8 @@ import math
 import torch
 
 from towergpt.inspect.tokens import TokenInfo, chat_tokens, classify, text_tokens
-from towergpt.inspect.walk import lens_logits, unwrap, walk
+from towergpt.checkpoint import unwrap_model
+from towergpt.inspect.walk import lens_logits, walk
 
 SCHEMA = "towergpt.inspect/1"
 DIGITS = 6   # JSON 里的数保留 6 位有效数字（注意力权重保留 6 位小数）：足够看清，又不让文件太大
@@ -53,7 +54,7 @@ def inspect_chat(model, tokenizer, messages: list[dict], add_generation_prompt: 
 
 def inspect_tokens(model, tokenizer, tokens: list[TokenInfo], top_k: int, mode: str, text) -> dict:
     """检视一张已经切好的 token 表（tokens.py 的 text_tokens / chat_tokens）；text 原样写进结果。"""
-    config = unwrap(model).config
+    config = unwrap_model(model).config
     if len(tokens) > config.max_seq_len:
         raise ValueError(f"{len(tokens)} tokens > max_seq_len {config.max_seq_len}")
     ids = [t.id for t in tokens]

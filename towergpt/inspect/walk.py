@@ -28,7 +28,8 @@ from dataclasses import dataclass
 
 import torch
 
-from towergpt.model import GPT, apply_rope, repeat_kv
+from towergpt.checkpoint import unwrap_model
+from towergpt.model import apply_rope, repeat_kv
 
 
 @dataclass
@@ -38,11 +39,6 @@ class Walk:
     logits: torch.Tensor      # (T, V) 与 model(ids)[0] 相同
     residuals: torch.Tensor   # (L + 1, T, C) 第 0 个是词向量，第 l 个是第 l 个 Block 的输出
     attention: torch.Tensor   # (L, H, T, T) 每行是一个查询位置对所有键位置的权重，行和为 1，对角线以上为 0
-
-
-def unwrap(model) -> GPT:
-    """torch.compile 包过的模型（生成时可能这样做）取出原模型；子模块与权重是同一份。"""
-    return getattr(model, "_orig_mod", model)
 
 
 def attention_weights(attn, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
@@ -67,7 +63,7 @@ def attention_weights(attn, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tenso
 @torch.no_grad()
 def walk(model, ids: list[int]) -> Walk:
     """在一条序列 ids（长度 T ≤ max_seq_len）上走一遍模型。模型应处于 eval 模式（关掉 dropout）。"""
-    model = unwrap(model)
+    model = unwrap_model(model)   # 服务端可能把模型 torch.compile 过：子模块与权重是同一份
     T = len(ids)
     if not 0 < T <= model.config.max_seq_len:
         raise ValueError(f"need 1..{model.config.max_seq_len} tokens, got {T}")
@@ -95,7 +91,7 @@ def lens_logits(model, residual: torch.Tensor) -> torch.Tensor:
     意思是“如果网络在这一层就停下，它会预测什么”。最后一层的结果就是模型真正的输出；
     越往前的层，答案越模糊——读者可以看到答案是在第几层“成形”的。
     """
-    model = unwrap(model)
+    model = unwrap_model(model)
     weight = model.lm_head.weight
     hidden = residual.to(device=weight.device, dtype=weight.dtype)
     return model.lm_head(model.final_norm(hidden)).float().cpu()

@@ -41,6 +41,7 @@ import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 
+from towergpt.checkpoint import unwrap_model
 from towergpt.device import pick_device
 from towergpt.errors import TowerGPTError
 from towergpt.train.checkpointing import load_newest_intact
@@ -148,8 +149,7 @@ def evaluation_model(forward_model: torch.nn.Module, context: DistributedContext
         return forward_model
     if not context.is_main:
         return None
-    model = getattr(forward_model, "module", forward_model)
-    return getattr(model, "_orig_mod", model)   # torch.compile 的外壳把原模型放在 _orig_mod 里
+    return unwrap_model(forward_model)
 
 
 def end_forward_only(model: torch.nn.Module, context: DistributedContext) -> None:

@@ -36,6 +36,7 @@ from pathlib import Path
 
 import torch
 
+from towergpt.checkpoint import unwrap_model
 from towergpt.config import RunConfig
 from towergpt.data.prompt_dataset import PromptData, read_prompts, split_prompts
 from towergpt.errors import TowerGPTError
@@ -103,15 +104,15 @@ def token_logprobs(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
 class GRPOObjective:
     """接口见 train/objective.py：objective(model, batch, device) -> ObjectiveResult；batch 是 Prompt 的列表。"""
 
-    def __init__(self, tokenizer, settings, reference=None):
+    def __init__(self, tokenizer, settings, rewards, reference=None):
         self.tokenizer = tokenizer
         self.settings = settings
-        self.rewards = parse_rewards(settings.rewards)
+        self.rewards = rewards          # parse_rewards(settings.rewards) 的结果
         self.reference = reference
         self.stop_ids = (tokenizer.im_end_id, tokenizer.eos_id)
 
     def __call__(self, model, batch, device: torch.device) -> ObjectiveResult:
-        policy = _unwrap(model)
+        policy = unwrap_model(model)     # 采样用原始模型：DDP / compile 的外壳只在求梯度的那次前向里需要
         if not model.training:          # 验证：每条贪心地答一次，只看奖励
             return self._validate(policy, batch)
         G = self.settings.group_size
@@ -179,12 +180,6 @@ class GRPOObjective:
         return self.reference.to(device)
 
 
-def _unwrap(model):
-    """采样用原始模型（DDP / torch.compile 的外壳只在求梯度的那次前向里需要）。"""
-    model = getattr(model, "module", model)
-    return getattr(model, "_orig_mod", model)
-
-
 def _training_rows(prompts: list[list[int]], answers: list[list[int]], pad_id: int, max_seq_len: int):
     """拼成训练用的 (inputs (N, T), answer_targets (N, L), positions (N, L))。
 
@@ -222,7 +217,7 @@ def run_grpo(config: RunConfig, resume: bool = False) -> dict:
     if not config.data.path or not Path(config.data.path).is_file():
         raise TowerGPTError(f"data.path 应指向提示词文件（.jsonl / .json / .parquet，每条 prompt 或 messages 加 answer），"
                             f"实际是 {config.data.path!r} / data.path must be a prompts file")
-    parse_rewards(config.grpo.rewards)                      # 奖励写错了：在载入模型之前就说
+    rewards = parse_rewards(config.grpo.rewards)            # 奖励写错了：在载入模型之前就说
     # 起点与 SFT / DPO 相同（init_from）；没有 token 分片可核对：提示词就是用检查点的分词器在这里编码的
     model, tokenizer = load_initial_model(config, None, lora=False)
     reference = freeze(model) if config.grpo.kl_coef else None
@@ -239,7 +234,7 @@ def run_grpo(config: RunConfig, resume: bool = False) -> dict:
         print(f"提示词 / prompts: 训练 train {len(train_prompts):,}，验证 val {len(val_prompts):,}"
               f"（超过 {max_prompt} 个 token 的跳过 / skipped as longer than {max_prompt} tokens: {too_long}）；"
               f"每组 G={config.grpo.group_size}，奖励 / rewards {config.grpo.rewards}，kl_coef={config.grpo.kl_coef:g}")
-    objective = GRPOObjective(tokenizer, config.grpo, reference)
+    objective = GRPOObjective(tokenizer, config.grpo, rewards, reference)
     # 采样用全局随机数：从 train.seed 开始，同样的配置两次运行逐位相同；续训时检查点会恢复它的状态
     torch.manual_seed(config.train.seed)
     return Trainer(config, model, tokenizer, objective, train_data, val_data).run(resume=resume)
