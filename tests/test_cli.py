@@ -1,6 +1,7 @@
 """命令行的骨架：每个命令都找得到实现、`--help` 不加载 torch、参数默认值与实现一致、坏掉的命令大声报错。"""
 
 import argparse
+import importlib
 import subprocess
 import sys
 
@@ -55,8 +56,22 @@ def test_argument_defaults_match_the_implementations():
     assert tools.SHUFFLE_MEMORY_MB == shuffle.DEFAULT_MEMORY_MB
     assert (tools.DEDUP_THRESHOLD, tools.DEDUP_NUM_PERM, tools.DEDUP_NGRAM) == (
         dedup.DEFAULT_THRESHOLD, dedup.DEFAULT_NUM_PERM, dedup.DEFAULT_NGRAM)
-    assert tools.EXPORT_DTYPES == export.DTYPES
+    assert set(export.DTYPES) <= set(tools.EXPORT_DTYPES)
     assert tools.API_KEY_ENV == launch.API_KEY_ENV
+
+
+def test_export_formats_and_dtypes_exist():
+    """--format 的每一项都有实现；--dtype 的每个取值至少有一种格式认识，每种格式的精度都在 --dtype 里。"""
+    pytest.importorskip("gguf")
+    from towergpt.hf import export
+    from towergpt.llamacpp import export_gguf
+
+    known = set(export.DTYPES) | set(export.ALIASES) | set(export_gguf.DTYPES) | set(export_gguf.ALIASES)
+    assert set(tools.EXPORT_DTYPES) <= known
+    assert set(export.DTYPES) | set(export_gguf.DTYPES) <= set(tools.EXPORT_DTYPES)
+    for handler in tools.EXPORT_FORMATS.values():
+        module, function = handler.split(":")
+        assert callable(getattr(importlib.import_module(module), function))
 
 
 def test_a_missing_optional_package_is_one_line_and_a_broken_module_is_loud(tmp_path, monkeypatch):

@@ -5,7 +5,7 @@
        输入文件（语料、检查点、HF 模型）在它里面就绝不删，因为替换 = 整个删掉；
     2. 在 out 旁边的临时目录里写全部文件（同一个文件系统，改名才是瞬间完成的）；
     3. replace_dir：改名为 out。别人看到的 out 要么不存在，要么是完整的。
-2、3 两步合在 staged_output 里：
+2、3 两步合在 staged_output 里（只写一个文件的命令，例如导出 GGUF，用 check_out_file + staged_file，道理相同）：
 
     with staged_output(out) as staging:
         ...把文件写进 staging...
@@ -91,3 +91,37 @@ def apply_umask(path: Path, directory: bool = False) -> None:
     umask = os.umask(0)
     os.umask(umask)
     os.chmod(path, (0o777 if directory else 0o666) & ~umask)
+
+
+def check_out_file(out: Path, overwrite: bool, flag: str = "--out", inputs: Iterable[Path] = ()) -> None:
+    """输出是单个文件时的检查：不能是目录；已存在时只有 overwrite 才替换；不能就是某个输入文件。"""
+    if out.is_dir():
+        raise TowerGPTError(f"{out} 是一个目录，{flag} 要写一个文件名 / is a directory: {flag} names a file")
+    resolved = out.resolve()
+    for path in inputs:
+        if resolved == Path(path).resolve():
+            raise TowerGPTError(f"{flag} {out} 就是输入文件，不能覆盖它 / is one of the inputs: choose another {flag}")
+    if out.exists() and not overwrite:
+        raise TowerGPTError(
+            f"{out} 已存在；换一个 {flag}，或加 --overwrite 替换它 / exists: choose another {flag} or add --overwrite"
+        )
+
+
+@contextlib.contextmanager
+def staged_file(out: Path) -> Iterator[Path]:
+    """给出 out 旁边的一个临时文件名；with 正常结束时改名为 out，出错时删掉临时文件、out 原样不动。"""
+    parent = out.absolute().parent
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+        handle, name = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".partial", dir=parent)
+    except OSError as error:
+        raise TowerGPTError(f"{parent}: 无法创建输出文件 / cannot create: {error.strerror or error}") from None
+    os.close(handle)
+    staging = Path(name)
+    try:
+        yield staging
+        apply_umask(staging)
+        os.replace(staging, out)
+    except BaseException:
+        staging.unlink(missing_ok=True)
+        raise

@@ -11,7 +11,13 @@ import argparse
 import os
 
 API_KEY_ENV = "TOWERGPT_API_KEY"
-EXPORT_DTYPES = ("float32", "bfloat16", "float16")
+EXPORT_DTYPES = ("float32", "bfloat16", "float16", "f32", "f16", "q8_0")
+# 每种导出格式是一个独立的模块（hf/、llamacpp/），这里只负责把 --format 分派过去
+EXPORT_FORMATS = {
+    "hf": "towergpt.hf.export:main",
+    "gguf": "towergpt.llamacpp.export_gguf:main",
+    "ollama": "towergpt.llamacpp.ollama:main",
+}
 PLOT_METRICS = ("val_bpc", "val_loss", "loss", "reward")
 PLOT_X_AXES = ("tokens", "step")
 CLEAN_CHAR_CLASSES = ("cjk", "digit", "han", "latin", "letter")
@@ -80,12 +86,22 @@ def _plot(parser: argparse.ArgumentParser) -> None:
 
 def _export(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--ckpt", required=True, help="运行目录或检查点目录 / run or checkpoint dir")
-    parser.add_argument("--format", default="hf", choices=["hf"], help="导出格式；目前只有 hf / export format")
-    parser.add_argument("--out", required=True, help="输出目录 / output directory")
-    parser.add_argument("--dtype", default="float32", choices=EXPORT_DTYPES,
-                        help="权重精度，默认 float32（与训练保存的一致）/ weight dtype")
-    parser.add_argument("--overwrite", action="store_true", help="替换已有的非空输出目录 / replace a non-empty --out")
-    parser.set_defaults(handler="towergpt.hf.export:main")
+    parser.add_argument("--format", default="hf", choices=list(EXPORT_FORMATS),
+                        help="hf：Hugging Face 目录（默认）；gguf：一个 llama.cpp 的 .gguf 文件；"
+                             "ollama：目录，含 model.gguf 和 Modelfile / export format")
+    parser.add_argument("--out", required=True, help="输出目录（gguf 是文件名）/ output directory (a file for gguf)")
+    parser.add_argument("--dtype", default=None, choices=EXPORT_DTYPES,
+                        help="权重精度。hf：float32（默认）/ bfloat16 / float16；gguf：f32（默认）/ f16 / q8_0；"
+                             "ollama：f16（默认）/ f32 / q8_0 / weight dtype")
+    parser.add_argument("--overwrite", action="store_true", help="替换已有的输出 / replace an existing --out")
+    parser.set_defaults(handler="towergpt.cli.tools:export_main")
+
+
+def export_main(args: argparse.Namespace) -> None:
+    """towergpt export：按 --format 调用对应模块的 main（用到时才 import：gguf 包是可选依赖，缺了给一行安装提示）。"""
+    from towergpt.cli import resolve_handler
+
+    resolve_handler(EXPORT_FORMATS[args.format])(args)
 
 
 def _import(parser: argparse.ArgumentParser) -> None:

@@ -28,7 +28,8 @@ import numpy as np
 
 from towergpt.chat_template import fit_to_context, render_chat
 from towergpt.data.data_format import MASK_DTYPE
-from towergpt.data.dialogue import DialogueError, parse_preference, parse_record
+from towergpt.data.dialogue import DialogueError, parse_record
+from towergpt.data.prompt_records import parse_preference
 from towergpt.data.preference import minimal_prompt_tokens, render_pair
 from towergpt.data.readers import iter_records, record_location
 
@@ -170,7 +171,7 @@ class DialogueReader:
 
 
 class PreferenceReader(DialogueReader):
-    """偏好数据：解析结果是 (提示消息列表, chosen, rejected)，见 dialogue.parse_preference。"""
+    """偏好数据：解析结果是 (提示消息列表, chosen, rejected)，见 prompt_records.parse_preference。"""
 
     def parse(self, record, location: str) -> tuple[object, int, int]:
         prompt, chosen, rejected = parse_preference(record, location)

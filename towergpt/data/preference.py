@@ -1,6 +1,7 @@
 """偏好数据（DPO）的渲染：一个提示 + 两个回答 -> 两条训练序列和它们的损失掩码。
 
-一条偏好记录 {"prompt", "chosen", "rejected"}（解析见 data/dialogue.py 的 parse_preference）
+一条偏好记录 {"prompt", "chosen", "rejected"}，或 MiniMind 的两段对话 {"chosen": [...], "rejected": [...]}
+（解析见 data/prompt_records.py 的 parse_preference：两种形状都先变成“提示的消息 + 两个回答字符串”）
 变成**同一个提示**后面接**两种回答**的两条序列，用的是与 SFT、聊天完全相同的对话模板：
 
     chosen   = <s> <|im_start|>user\\n 问题 <|im_end|>\\n <|im_start|>assistant\\n 好的回答 <|im_end|>\\n

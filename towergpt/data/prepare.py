@@ -209,7 +209,7 @@ def prepare_dpo(
 ) -> dict:
     """把偏好数据 {"prompt", "chosen", "rejected"} 渲染成成对的序列和损失掩码，写成分片，返回摘要 dict。
 
-    参数同 prepare_sft。prompt 是字符串或以 user 结尾的消息数组（见 dialogue.parse_preference），
+    参数同 prepare_sft。prompt 是字符串或以 user 结尾的消息数组（见 prompt_records.parse_preference），
     chosen / rejected 是字符串。每条序列（提示 + 一个回答）至多 max_seq_len + 1 个 token；
     太长的一对先整轮丢掉提示里最早的对话，再截短回答，仍放不下的整对跳过（见 data/preference.py），
     各自计数写进 meta.json。验证集按“对”划分。

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from towergpt.chat_template import render_chat
-from towergpt.data.dialogue import parse_prompt
+from towergpt.data.prompt_records import parse_prompt
 from towergpt.data.readers import iter_records, record_location
 from towergpt.errors import TowerGPTError
 

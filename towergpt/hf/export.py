@@ -38,10 +38,12 @@ from towergpt.hf.tokenizer_files import build_tokenizer_json, special_tokens_map
 from towergpt.output_dir import apply_umask, check_out_dir, staged_output
 
 DTYPES = ("float32", "bfloat16", "float16")
+ALIASES = {"f32": "float32", "f16": "float16", "bf16": "bfloat16"}   # 与 --format gguf 的写法通用
 
 
 def main(args: argparse.Namespace) -> None:
-    out = export_hf(args.ckpt, args.out, dtype=args.dtype, overwrite=args.overwrite)
+    dtype = ALIASES.get(args.dtype, args.dtype) or "float32"
+    out = export_hf(args.ckpt, args.out, dtype=dtype, overwrite=args.overwrite)
     print(f"已导出 Hugging Face 格式 / exported: {out}")
     print(f"  载入 / load: AutoModelForCausalLM.from_pretrained({str(out)!r})")
 

@@ -75,8 +75,11 @@ def read_sentencepiece_proto(model_bytes: bytes, source: str):
     return proto
 
 
-def check_convertible(proto, source: str) -> None:
-    """只有“TowerGPT 这样训练的”SentencePiece 分词器能精确翻译；其余情况说清楚是哪一项不行。"""
+def check_convertible(proto, source: str, target: str = "Hugging Face") -> None:
+    """只有“TowerGPT 这样训练的”SentencePiece 分词器能精确翻译；其余情况说清楚是哪一项不行。
+
+    target 只用于报错信息：导出 GGUF（llama.cpp 的 SPM 词表）要求的是同样几项。
+    """
     trainer, normalizer = proto.trainer_spec, proto.normalizer_spec
     problems = []
     if trainer.model_type != trainer.BPE:
@@ -97,7 +100,7 @@ def check_convertible(proto, source: str) -> None:
         problems.append("含有不支持的 piece 类型 / unsupported piece types: " + ", ".join(names.get(t, str(t)) for t in odd))
     if problems:
         raise TowerGPTError(
-            f"{source}: 这个分词器无法精确转换成 Hugging Face 格式 / cannot be converted exactly: " + "; ".join(problems)
+            f"{source}: 这个分词器无法精确转换成 {target} 格式 / cannot be converted to {target} exactly: " + "; ".join(problems)
         )
 
 
