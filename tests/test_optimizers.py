@@ -4,6 +4,7 @@ GaLore 的测试需要可选依赖（pip install -e ".[galore]"，CI 会装）�
 8 位 GaLore 需要 CUDA：CPU 上只检查它给出清楚的错误。
 """
 
+import contextlib
 import copy
 import importlib.util
 import io
@@ -23,6 +24,7 @@ from towergpt.train.optim import (
     HIDDEN_MATRICES, MuonWithAdamW, build_optimizer, optimizer_state_bytes, set_learning_rate,
     split_hidden_matrices,
 )
+from towergpt.train.optim.newton_schulz import newton_schulz_in_fp32
 from towergpt.train.pretrain import language_model_objective
 
 CPU = torch.device("cpu")
@@ -147,7 +149,9 @@ def test_muon_steps_with_the_scheduled_lr_times_muon_lr_over_lr():
     plain_muon = torch.optim.Muon(hidden, lr=1e-3 * 0.05 / 3e-3, weight_decay=0.0)  # 曲线值 × muon_lr / lr
     set_learning_rate(optimizer, 1e-3)
     one_step(model, optimizer)
-    one_step(reference, plain_muon)
+    # 没有 bf16 运算单元的 CPU 上，我们的 Muon 用 fp32 做 Newton–Schulz（见 newton_schulz.py）：参照也这样做
+    with newton_schulz_in_fp32() if optimizer.fp32_newton_schulz else contextlib.nullcontext():
+        one_step(reference, plain_muon)
     for mine, theirs in zip(split_hidden_matrices(model)[0], split_hidden_matrices(reference)[0]):
         assert torch.equal(mine[1], theirs[1]), mine[0]
     assert all(group["lr"] == 1e-3 for group in optimizer.param_groups)  # 更新后 lr 恢复成曲线上的值

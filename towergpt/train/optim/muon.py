@@ -9,11 +9,14 @@ MuonWithAdamW 把它们包成一个，训练循环看不出区别。
 
 from __future__ import annotations
 
+import contextlib
+
 import torch
 
 from towergpt.config import OptimConfig
 from towergpt.errors import TowerGPTError
 from towergpt.train.optim.groups import split_by_decay, split_hidden_matrices
+from towergpt.train.optim.newton_schulz import needs_fp32_newton_schulz, newton_schulz_in_fp32
 from towergpt.train.optim.state import state_mismatch_error
 
 MUON_ADJUST_LR = ("original", "match_rms_adamw")
@@ -38,7 +41,7 @@ def build_muon(model: torch.nn.Module, config: OptimConfig, device: torch.device
         split_by_decay([param for _, param in rest], config.weight_decay), lr=config.lr,
         betas=(config.beta1, config.beta2), eps=config.eps, fused=device.type == "cuda",
     )
-    return MuonWithAdamW(muon, adamw)
+    return MuonWithAdamW(muon, adamw, fp32_newton_schulz=needs_fp32_newton_schulz(device))
 
 
 class MuonWithAdamW:
@@ -54,8 +57,10 @@ class MuonWithAdamW:
     所以 float16 + GradScaler 也能用；float32 / bfloat16 时 scaler 不启用，直接调用 step()。
     """
 
-    def __init__(self, muon: torch.optim.Optimizer, adamw: torch.optim.Optimizer):
+    def __init__(self, muon: torch.optim.Optimizer, adamw: torch.optim.Optimizer, fp32_newton_schulz: bool = False):
         self.muon, self.adamw = muon, adamw
+        # 没有 bf16 运算单元的 CPU 上，Newton–Schulz 改用 fp32（快一百倍，见 newton_schulz.py）
+        self.fp32_newton_schulz = fp32_newton_schulz
         # lr_scale 以当前配置为准：续训时即使检查点里存的是旧值，也换回现在的 muon_lr / lr
         self.lr_scales = [group["lr_scale"] for group in muon.param_groups]
 
@@ -77,7 +82,8 @@ class MuonWithAdamW:
         try:
             for group, lr in zip(self.muon.param_groups, scheduled):
                 group["lr"] = lr * group["lr_scale"]
-            self.muon.step()
+            with newton_schulz_in_fp32() if self.fp32_newton_schulz else contextlib.nullcontext():
+                self.muon.step()
         finally:  # 恢复成曲线上的值：日志、检查点里看到的 lr 与其他优化器一致
             for group, lr in zip(self.muon.param_groups, scheduled):
                 group["lr"] = lr
