@@ -3,6 +3,7 @@
     pip install -e ".[hf]"
     python bench/generate.py                   # 批 1 与批 8，各生成 200 个新 token，fp32
     python bench/generate.py --compile         # TowerGPT 用 torch.compile 编译解码（generate --compile）
+    python bench/generate.py --compile --batches 1 --profile   # 另把批 1 每个 token 的时间按类别拆开（torch.profiler）
 
 两边的贪心输出必须逐 token 相同，否则比较作废（脚本会报错退出）：相同的输出说明两边算的是同一件事，
 速度差只来自实现。批 8 时提示词长短不一，两边都用左 padding + attention_mask。
@@ -72,6 +73,38 @@ def weight_read_floor_s(model, batch: int, repeats: int = 50) -> float:
         return timed(lambda: [one_token() for _ in range(repeats)]) / repeats
 
 
+# torch.profiler 的事件名里含有哪段文字 → 类别（按各事件的“自身时间”归类，先匹配上的算；
+# 没有任何事件覆盖的时间算作 Python：生成循环本身、采样的小运算之外的解释器开销）
+PROFILE_CATEGORIES = [
+    ("matmul", ("aten::mm", "aten::addmm", "aten::bmm", "aten::matmul", "aten::linear")),
+    ("attention (SDPA)", ("scaled_dot_product",)),
+    ("compiled graph: fused kernels + wrapper", ("## Call CompiledFxGraph",)),
+    ("dynamo guards", ("TorchDynamo Cache Lookup",)),
+    ("compiled-region entry (AOT wrapper, pregraph)", ("Torch-Compiled Region", "AOTDispatcher", "Pregraph bytecode")),
+    ("other aten ops", ("aten::",)),
+]
+
+
+def profile_decoding(ours, prompt: list[int], new_tokens: int) -> dict[str, float]:
+    """批 1 贪心生成 new_tokens 个 token，每个 token 的毫秒数按类别拆开（加上 profiler 自己的开销）。"""
+    from torch.profiler import ProfilerActivity, profile
+
+    ours_generate(ours, [prompt], new_tokens)                       # 预热（编译）
+    plain_s = timed(lambda: ours_generate(ours, [prompt], new_tokens))
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        wall_s = timed(lambda: ours_generate(ours, [prompt], new_tokens))
+    split = {name: 0.0 for name, _ in PROFILE_CATEGORIES}
+    for event in prof.key_averages():
+        for name, prefixes in PROFILE_CATEGORIES:
+            if any(part in event.key for part in prefixes):
+                split[name] += event.self_cpu_time_total / 1e3 / new_tokens     # 微秒 → 毫秒/token
+                break
+    split["python (not in any event)"] = wall_s * 1e3 / new_tokens - sum(split.values())
+    split["total, profiled"] = wall_s * 1e3 / new_tokens
+    split["total, not profiled"] = plain_s * 1e3 / new_tokens
+    return split
+
+
 def measure(ours, peer, config: GPTConfig, batch: int, args) -> dict:
     prompts = random_prompts(batch, config.vocab_size, args.seed)
     ours_out = ours_generate(ours, prompts, args.new_tokens)
@@ -104,6 +137,7 @@ def main(argv=None) -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--compile", action="store_true", help="TowerGPT 用 torch.compile 编译解码（首次约半分钟，不计时）")
     parser.add_argument("--dtype", default="fp32", choices=["fp32", "bf16"], help="两边的权重精度")
+    parser.add_argument("--profile", action="store_true", help="把 TowerGPT 批 1 每个 token 的时间按类别拆开")
     parser.add_argument("--out", default="bench/results/generate.json")
     args = parser.parse_args(argv)
 
@@ -123,6 +157,13 @@ def main(argv=None) -> None:
         print(f"batch {batch}: TowerGPT {row['towergpt_tok_s']:,.0f} tok/s, transformers "
               f"{row['transformers_tok_s']:,.0f} tok/s, ratio {row['ratio']:.2f}", flush=True)
 
+    profile = None
+    if args.profile:
+        profile = profile_decoding(ours, random_prompts(1, config.vocab_size, args.seed)[0], args.new_tokens)
+        print()
+        print_table(["TowerGPT, batch 1, compile=" + str(args.compile), "ms/token"],
+                    [[name, f"{ms:.3f}"] for name, ms in profile.items()])
+
     print()
     print_table(["batch", "dtype", "compile", "new tokens", "greedy match", "TowerGPT tok/s", "transformers tok/s",
                  "ratio", "floor tok/s", "max ratio"],
@@ -130,7 +171,7 @@ def main(argv=None) -> None:
                   r["transformers_tok_s"], r["ratio"], r.get("weight_read_floor_tok_s", float("nan")),
                   r.get("max_possible_ratio", float("nan"))] for r in results])
     write_report(args.out, {"benchmark": "generate", "machine": machine_info(), "shape": config.to_dict(),
-                            "args": vars(args), "results": results})
+                            "args": vars(args), "results": results, "profile_ms_per_token": profile})
 
 
 if __name__ == "__main__":

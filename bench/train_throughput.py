@@ -6,7 +6,7 @@
     python bench/train_throughput.py --preset base --vocab 32000 --seq 1024 --batch 16 --dtypes bf16 --compile \
         --peak-tflops 790                      # GPU：见 bench/gpu.sh；给了峰值就算“占峰值的比例”（MFU）
 
-每一步对两边都一样：前向 → 交叉熵（logits 转 fp32 再算）→ 反向 → 梯度裁剪到 1.0 → AdamW 更新。
+每一步对两边都一样：前向 → 交叉熵（logits 转 fp32 再算；TowerGPT 默认分块算，见 --loss-chunk-tokens）→ 反向 → 梯度裁剪到 1.0 → AdamW 更新。
 bf16 指 CPU/GPU 上的 bf16 autocast（权重和优化器状态仍是 fp32，矩阵乘用 bf16）。
 每种精度先各热身几步，再交替测 --rounds 轮、每轮 --steps 步，取中位数；比值 = TowerGPT / transformers。
 结果打印成表，写进 bench/results/train_throughput.json。
@@ -60,6 +60,7 @@ def measure(config: GPTConfig, args, dtype: str) -> dict:
     if args.compile:
         torch._dynamo.reset()   # 每种精度重新编译：避免上一种精度留下的编译缓存触发重编译上限
     ours, peer = model_pair(config, seed=args.seed)
+    ours.loss_chunk_tokens = args.loss_chunk_tokens     # 训练时的默认（train.loss_chunk_tokens）；0 = 整批 logits
     ours.to(args.device).train()
     peer.to(args.device).train()
     if args.compile:
@@ -102,6 +103,8 @@ def main(argv=None) -> None:
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--dtypes", default="fp32,bf16", help="逗号分隔：fp32,bf16")
     parser.add_argument("--compile", action="store_true", help="两边都 torch.compile")
+    parser.add_argument("--loss-chunk-tokens", type=int, default=1024,
+                        help="TowerGPT 的输出头 + 交叉熵每块多少个位置（训练的默认 1024；0 = 不分块，和 transformers 一样）")
     parser.add_argument("--threads", type=int, default=os.cpu_count())
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--steps", type=int, default=3, help="每轮每边的步数")

@@ -25,7 +25,9 @@ def towergpt_modules_loaded_by(module: str) -> set[str]:
 
 
 def test_the_model_imports_nothing_of_ours():
-    assert towergpt_modules_loaded_by("towergpt.model") == {"towergpt", "towergpt.model"}
+    """model.py 只带着一课同级的 chunked_loss.py（分块的输出头 + 交叉熵），而那一课只依赖 torch。"""
+    assert towergpt_modules_loaded_by("towergpt.model") == {"towergpt", "towergpt.model", "towergpt.chunked_loss"}
+    assert towergpt_modules_loaded_by("towergpt.chunked_loss") == {"towergpt", "towergpt.chunked_loss"}
 
 
 def test_lora_is_a_lesson_that_stands_alone():

@@ -146,3 +146,30 @@ def test_no_repeat_ngram_stops_a_greedy_loop():
     assert len(set(trigrams(plain))) < len(trigrams(plain))      # 不加限制时贪心解码在打转
     assert len(set(trigrams(fixed))) == len(trigrams(fixed))      # 加了之后没有任何 3 元组出现两次
     assert fixed[:3] == [1, 2, 3] and len(fixed) == 33
+
+
+def test_compiled_step_compiles_once_for_every_position_and_prompt_length():
+    """位置是张量、缓存形状固定：换提示词长度、换位置、回退缓存，都不会重新编译。"""
+    from conftest import tiny_gpt
+
+    model = tiny_gpt(vocab_size=VOCAB, weight_std=0.3)
+    compiled = compile_for_decoding(model)
+    generate(compiled, torch.tensor([[5, 17, 33, 2, 9]]), 10, vocab_limit=VOCAB - 5)   # 编译：预填充一张、单步一张
+    graphs = torch._dynamo.utils.counters["stats"]["unique_graphs"]
+    for prompt in ([[4, 8, 15]], [[16, 23, 42, 4, 8, 15, 16, 23]], [[1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11]]):
+        prompt = torch.tensor(prompt)
+        assert torch.equal(generate(compiled, prompt, 25, vocab_limit=VOCAB - 5),
+                           generate(model, prompt, 25, vocab_limit=VOCAB - 5))
+    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] == graphs
+
+
+def test_compiled_decoder_behaves_like_the_model_it_wraps(model):
+    from towergpt.checkpoint import unwrap_model
+
+    compiled = compile_for_decoding(model)
+    assert unwrap_model(compiled) is model
+    assert compiled.config is model.config and compiled.new_kv_cache(1, 8).max_len == 8
+    cache = compiled.new_kv_cache(1, 6)
+    list(stream_generate(compiled, torch.tensor([[1, 2, 3]]), 2, kv_cache=cache))
+    with pytest.raises(ValueError, match="KV"):                          # 缓存满了给出清楚的错误
+        compiled.step(torch.tensor([[1, 2, 3]]), cache, VOCAB)

@@ -55,6 +55,8 @@ class TrainConfig:
     threads: int = 0               # CPU 线程数（0 = PyTorch 默认）
     max_bad_steps: int = 5         # 连续多少步损失/梯度非有限值（NaN/inf）就保存并停止
     distributed: str = "ddp"       # 用 torchrun 多进程时的并行方式：ddp（数据并行）/ fsdp（参数分片）
+    loss_chunk_tokens: int = 1024  # 输出层 + 交叉熵每块算多少个位置（不造出 B×T×V 的 logits，见 chunked_loss.py；0 = 整批一次算）
+    activation_checkpointing: bool = False  # 每个 Transformer 块只存输入、反向时重算：省激活显存，多约 1/3 的计算
 
 
 @dataclass

@@ -28,9 +28,11 @@ from typing import Iterable, Iterator
 import torch
 
 from towergpt.checkpoint import load
+from towergpt.decode_step import CompiledDecoder, decode
 from towergpt.device import pick_device
 from towergpt.errors import TowerGPTError
 from towergpt.model import GPT, KVCache
+from towergpt.prompt_lookup import LookupStats, check_greedy_only, stream_prompt_lookup
 
 
 def apply_repetition_penalty(logits: torch.Tensor, seen: torch.Tensor, penalty: float) -> torch.Tensor:
@@ -161,15 +163,22 @@ def stream_generate(
     context = torch.cat([torch.tensor(cached_ids, dtype=torch.long, device=idx.device), idx[0]])
     seen[context[context < vocab]] = True
     history = context.tolist()                                          # 整个上下文的 id（n 元组要用）
+    # 纯贪心（不惩罚、不禁选）时，下一个 token 就是每步 decode 顺手给出的 argmax，不必再回 Python 里挑
+    plain_greedy = temperature <= 0 and repetition_penalty == 1.0 and no_repeat_ngram <= 0
 
     was_training = model.training
     model.eval()
     try:
         logits = model(idx, kv_cache=cache)[0, -1]              # 预填充：整段提示词只算一次
+        greedy = None
         for _ in range(max_new_tokens):
-            logits = real_token_logits(logits, vocab)             # (V,) → (V',)
-            banned = banned_by_ngrams(history, no_repeat_ngram)
-            token = pick_next_token(logits, seen, temperature, top_k, top_p, repetition_penalty, generator, banned)
+            if plain_greedy and greedy is not None:
+                token = greedy
+            else:
+                logits = real_token_logits(logits, vocab)         # (V,) → (V',)
+                banned = banned_by_ngrams(history, no_repeat_ngram)
+                token = pick_next_token(logits, seen, temperature, top_k, top_p, repetition_penalty, generator,
+                                        banned)
             yield token
             context_full = cache.length + 1 >= context_limit  # 序列（含刚生成的这个）已到上下文上限
             if token in stop_ids or context_full:
@@ -177,22 +186,25 @@ def stream_generate(
             seen[token] = True
             history.append(token)
             step_input = torch.tensor([[token]], device=idx.device)
-            logits = model(step_input, kv_cache=cache)[0, -1]  # 之后每步只算 1 个新 token
+            step_logits, step_greedy = decode(model, step_input, cache, vocab)   # 之后每步只算 1 个新 token
+            logits = step_logits[0, -1]
+            greedy = int(step_greedy[0, -1]) if plain_greedy else None
     finally:
         model.train(was_training)
 
 
-def compile_for_decoding(model: GPT):
-    """用 torch.compile 编译模型，给逐 token 生成提速（CPU 上实测约 1.6 倍，见 docs/PERFORMANCE.md）。
+def compile_for_decoding(model: GPT) -> CompiledDecoder:
+    """用 torch.compile 编译模型，给逐 token 生成提速（见 docs/PERFORMANCE.md）。
 
     为什么能快：生成一个 token 时，每层要做二十来个很小的运算（归一化、RoPE、写缓存……），
     每个运算本身只要几微秒，Python 和 PyTorch 分派它们的开销反而占了大头。编译把整次前向
     变成一段融合好的代码，这些开销几乎消失，剩下的主要是读一遍权重做矩阵乘。
-    dynamic=True：KV 缓存的长度每步加一，按动态形状只编译一次，而不是每个长度各编译一次。
+    逐 token 的那一步形状固定（整块 KV 缓存 + 掩码，位置是张量），连写缓存和贪心的 argmax 一起编成
+    一张图，见 decode_step.py；预填充和批量解码仍按动态形状编译整个模型。
     代价：第一次调用要编译（CPU 上约半分钟），所以只在要生成很多 token 时划算。
     返回的对象用法与原模型相同（属性访问会转给原模型）。
     """
-    return torch.compile(model, dynamic=True)
+    return CompiledDecoder(model)
 
 
 def generate(
@@ -207,15 +219,22 @@ def generate(
     seed: int | None = None,
     vocab_limit: int | None = None,
     no_repeat_ngram: int = 0,
+    prompt_lookup: int = 0,
 ) -> torch.Tensor:
     """续写 idx (1, T)，返回 (1, T + n) 的 LongTensor（n ≤ max_new_tokens）。temperature=0 为贪心解码。
 
     vocab_limit 传分词器的词表大小（tokenizer.vocab_size），见模块开头“填充行”。
+    prompt_lookup=k > 0：贪心解码时用提示词查找的投机解码，每次前向核对 k 个从上下文里抄来的草稿
+    （结果与普通贪心相同，只是可能更快，见 prompt_lookup.py）；只能和 temperature=0 一起用。
     """
-    new_tokens = list(
-        stream_generate(model, idx, max_new_tokens, temperature, top_k, top_p, repetition_penalty, eos_id, seed,
-                        vocab_limit=vocab_limit, no_repeat_ngram=no_repeat_ngram)
-    )
+    if prompt_lookup:
+        check_greedy_only(temperature, repetition_penalty, no_repeat_ngram)
+        tokens = stream_prompt_lookup(model, idx, max_new_tokens, num_draft=prompt_lookup, eos_id=eos_id,
+                                      vocab_limit=vocab_limit)
+    else:
+        tokens = stream_generate(model, idx, max_new_tokens, temperature, top_k, top_p, repetition_penalty, eos_id,
+                                 seed, vocab_limit=vocab_limit, no_repeat_ngram=no_repeat_ngram)
+    new_tokens = list(tokens)
     tail = torch.tensor([new_tokens], dtype=idx.dtype, device=idx.device)
     return torch.cat([idx, tail], dim=1)
 
@@ -350,6 +369,10 @@ def check_sampling_args(args) -> None:
         raise TowerGPTError("--repetition-penalty 必须 > 0 / must be positive")
     if getattr(args, "no_repeat_ngram", 0) < 0:
         raise TowerGPTError("--no-repeat-ngram 不能为负（0 = 不用）/ must not be negative")
+    if getattr(args, "prompt_lookup", 0) < 0:
+        raise TowerGPTError("--prompt-lookup 不能为负（0 = 不用）/ must not be negative")
+    if getattr(args, "prompt_lookup", 0):
+        check_greedy_only(args.temperature, args.repetition_penalty, args.no_repeat_ngram)
 
 
 def generate_cli(args) -> None:
@@ -363,11 +386,17 @@ def generate_cli(args) -> None:
     idx = torch.tensor([prompt_ids], dtype=torch.long, device=device)
 
     started = time.perf_counter()
-    tokens = stream_generate(
-        model, idx, args.max_new_tokens, args.temperature, args.top_k, args.top_p,
-        args.repetition_penalty, eos_id=tokenizer.eos_id, seed=args.seed, vocab_limit=tokenizer.vocab_size,
-        no_repeat_ngram=args.no_repeat_ngram,
-    )
+    lookup = LookupStats()
+    num_draft = getattr(args, "prompt_lookup", 0)
+    if num_draft:
+        tokens = stream_prompt_lookup(model, idx, args.max_new_tokens, num_draft=num_draft,
+                                      eos_id=tokenizer.eos_id, vocab_limit=tokenizer.vocab_size, stats=lookup)
+    else:
+        tokens = stream_generate(
+            model, idx, args.max_new_tokens, args.temperature, args.top_k, args.top_p,
+            args.repetition_penalty, eos_id=tokenizer.eos_id, seed=args.seed, vocab_limit=tokenizer.vocab_size,
+            no_repeat_ngram=args.no_repeat_ngram,
+        )
     count = 0
 
     def counted(ids):
@@ -382,4 +411,6 @@ def generate_cli(args) -> None:
         sys.stdout.flush()
     sys.stdout.write("\n")
     elapsed = time.perf_counter() - started
-    print(f"[{count} tokens, {count / max(elapsed, 1e-9):.1f} tok/s]", file=sys.stderr)
+    drafts = (f", prompt lookup: {lookup.accepted}/{lookup.drafted} drafts accepted, {lookup.forwards} forwards"
+              if num_draft else "")
+    print(f"[{count} tokens, {count / max(elapsed, 1e-9):.1f} tok/s{drafts}]", file=sys.stderr)

@@ -29,8 +29,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-# 交叉熵里“这个位置不算损失”的标签值。SFT 时用户说的话、padding 都会被标成它。
-IGNORE_INDEX = -100
+# 输出头 + 交叉熵的分块算法（训练时不造出 (B, T, V) 的 logits）是单独的一课；IGNORE_INDEX 也定义在那里
+from towergpt.chunked_loss import IGNORE_INDEX, chunked_target_logprobs, mean_cross_entropy, target_logprobs_from_logits
 
 
 @dataclass
@@ -280,6 +280,7 @@ class GPT(nn.Module):
     用法：
         logits = model(idx)                       # idx (B, T) → logits (B, T, V)
         logits, loss = model(idx, targets)        # targets (B, T)，IGNORE_INDEX 的位置不计损失
+        logprobs = model(idx, targets, per_token=True)  # (B, T) 每个目标 token 的 log 概率（DPO、GRPO 用）
         logits = model(idx, attention_mask=mask)  # mask (B, S)：1 是真 token，0 是 padding
         logits = model(idx, kv_cache=cache)       # 生成：接着缓存里已有的内容往后算
     """
@@ -301,6 +302,9 @@ class GPT(nn.Module):
         cos, sin = rope_tables(config.head_dim, config.max_seq_len, config.rope_theta)
         self.register_buffer("rope_cos", cos, persistent=False)
         self.register_buffer("rope_sin", sin, persistent=False)
+        # 给了 targets 时输出头 + 交叉熵每块算几个位置（0 = 一次算出整批的 logits）。训练代码按
+        # train.loss_chunk_tokens 设置它；它只是算法、不是结构，所以不在 GPTConfig 里、不进检查点。
+        self.loss_chunk_tokens = 0
 
         self.apply(self._init_weights)
         # 每个残差分支的输出投影再缩小 1/√(2·n_layer)：残差流上共叠加 2·n_layer 个分支，
@@ -326,8 +330,15 @@ class GPT(nn.Module):
         targets: torch.Tensor | None = None,
         attention_mask: torch.Tensor | None = None,
         kv_cache: KVCache | None = None,
+        per_token: bool = False,
+        temperature: float = 1.0,
     ):
         """idx (B, T) → logits (B, T, V)；给了 targets 则返回 (logits, loss)。
+
+        per_token=True 时改为返回每个目标 token 的 log 概率 (B, T)（IGNORE_INDEX 处为 0），
+        temperature 是先把 logits 除以的温度（GRPO 用）。loss_chunk_tokens > 0 时分块算
+        （chunked_loss.py），(B, T, V) 的 logits 从不出现：返回的是 (None, loss) 或 (B, T) 的 log 概率。
+        这些都在 forward 里算，训练时的 DDP / FSDP / compile 外壳才管得到输出头的权重。
 
         attention_mask (B, S)：S = 缓存里已有的长度 + T，1/True 表示真 token，0 表示 padding。
         左 padding 和右 padding 都支持：每个真 token 的位置编号只数它前面的真 token，
@@ -342,6 +353,8 @@ class GPT(nn.Module):
             )
         if kv_cache is not None and start + T > kv_cache.max_len:
             raise ValueError(f"KV 缓存已满（{kv_cache.max_len}）/ KV cache full ({kv_cache.max_len} tokens)")
+        if temperature != 1.0 and not per_token:
+            raise ValueError("temperature 只用于 per_token=True / temperature needs per_token=True")
 
         positions = self._positions(B, T, start, attention_mask, idx.device)   # (B, T)
         cos = self.rope_cos[positions].unsqueeze(1)                             # (B, 1, T, D)
@@ -351,13 +364,20 @@ class GPT(nn.Module):
         x = self.dropout(self.embed(idx))                                       # (B, T, C)
         for layer, block in enumerate(self.blocks):
             x = block(x, cos, sin, mask, is_causal, kv_cache, layer)
-        x = self.final_norm(x)
-        logits = self.lm_head(x)                                                # (B, T, V)
-
+        x = self.final_norm(x)                                                  # (B, T, C)
         if kv_cache is not None:
             kv_cache.length += T
+        if targets is not None and self.loss_chunk_tokens > 0:
+            # 分块：每块位置的 logits 造出来、用完就扔，反向时重算；整批的 (B, T, V) 从不出现
+            logprobs = chunked_target_logprobs(x, self.lm_head.weight, targets, self.loss_chunk_tokens,
+                                               temperature)                     # (B, T)
+            return logprobs if per_token else (None, mean_cross_entropy(logprobs, targets))
+
+        logits = self.lm_head(x)                                                # (B, T, V)
         if targets is None:
             return logits
+        if per_token:
+            return target_logprobs_from_logits(logits, targets, temperature)   # (B, T)
         # 交叉熵 = -log(模型给正确下一个 token 的概率)，对所有不被忽略的位置取平均
         loss = F.cross_entropy(
             logits.float().view(-1, logits.size(-1)), targets.reshape(-1), ignore_index=IGNORE_INDEX

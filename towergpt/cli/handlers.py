@@ -40,31 +40,41 @@ def data_prepare(args: argparse.Namespace) -> None:
 
 
 def pretrain(args: argparse.Namespace) -> None:
-    from towergpt.config import load_config
     from towergpt.train.pretrain import run_pretrain
 
-    _print_summary(run_pretrain(load_config(args.config, args.set), resume=args.resume))
+    _train(args, "pretrain", run_pretrain)
 
 
 def sft(args: argparse.Namespace) -> None:
-    from towergpt.config import load_config
     from towergpt.train.sft import run_sft
 
-    _print_summary(run_sft(load_config(args.config, args.set), resume=args.resume))
+    _train(args, "sft", run_sft)
 
 
 def dpo(args: argparse.Namespace) -> None:
-    from towergpt.config import load_config
     from towergpt.train.dpo import run_dpo
 
-    _print_summary(run_dpo(load_config(args.config, args.set), resume=args.resume))
+    _train(args, "dpo", run_dpo)
 
 
 def grpo(args: argparse.Namespace) -> None:
-    from towergpt.config import load_config
     from towergpt.train.grpo import run_grpo
 
-    _print_summary(run_grpo(load_config(args.config, args.set), resume=args.resume))
+    _train(args, "grpo", run_grpo)
+
+
+def _train(args: argparse.Namespace, kind: str, run) -> None:
+    """四个训练命令的共同部分：读配置；--dry-run 时只打印内存估计（train/memory_estimate.py）就返回，
+    不读数据、不建真的模型；否则训练并打印摘要。"""
+    from towergpt.config import load_config
+
+    config = load_config(args.config, args.set)
+    if args.dry_run:
+        from towergpt.train.memory_estimate import dry_run
+
+        dry_run(config, kind)
+        return
+    _print_summary(run(config, resume=args.resume))
 
 
 def quickstart(args: argparse.Namespace) -> None:

@@ -33,6 +33,9 @@ def add_training_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
                         help="覆盖配置中的一项，可重复，例如 --set train.max_steps=100")
     parser.add_argument("--resume", action="store_true", help="从运行目录的最新检查点继续 / resume from latest")
+    parser.add_argument("--dry-run", action="store_true",
+                        help="只打印内存估计（权重、梯度、优化器、激活、logits、峰值）就退出，不训练"
+                             " / print the memory estimate and exit without training")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -75,7 +78,7 @@ def build_parser() -> argparse.ArgumentParser:
     prep.add_argument("--max-seq-len", type=int, default=None,
                       help="sft / dpo：训练的序列长度，默认 1024；每段对话（每条提示+回答）至多 max_seq_len+1 个 token，"
                            "更长的整轮丢弃最早的对话（dpo 再截短回答）/ sft, dpo: training sequence length")
-    prep.add_argument("--workers", type=int, default=None, help="分词进程数，默认 CPU 核数；1 = 不开进程池")
+    prep.add_argument("--workers", type=int, default=None, help="分词的线程数（预训练）/ 进程数（对话、偏好数据），默认 CPU 核数；1 = 就在主进程里做 / tokenising workers")
     prep.add_argument("--val-fraction", type=float, default=0.01, help="划入验证集的文档（对话）比例，默认 0.01")
     prep.add_argument("--skip-bad", action="store_true", help="跳过坏记录并记到 skipped.txt / skip bad records")
     prep.add_argument("--shard-tokens", type=int, default=100_000_000, help="每个分片最多多少 token")
@@ -128,6 +131,9 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--no-repeat-ngram", type=int, default=0, metavar="N",
                      help="禁止任何连续 N 个 token 重复出现（0 = 不用；3 能止住“张家、张家、…”这样的打转）/ "
                           "never repeat an N-gram")
+    gen.add_argument("--prompt-lookup", type=int, default=0, metavar="K",
+                     help="贪心解码（--temperature 0）时从上下文里抄 K 个 token 当草稿、一次前向核对（结果不变，"
+                          "续写会重复上下文的文字时更快；0 = 不用）/ prompt-lookup speculative decoding with K drafts")
     gen.set_defaults(handler="towergpt.generate:generate_cli")
 
     # towergpt chat ...

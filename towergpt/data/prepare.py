@@ -48,8 +48,8 @@
     训练 / 验证按“对”划分，一对的两条永远在同一边。
 
 几个设计要点，各在一个文件里（每个文件开头都有详细解释）：
-    1. 多进程并行分词，但输出与进程数无关（按顺序收集结果）：workers=1 和 workers=8
-       写出的文件逐字节相同。（data/pipeline.py）
+    1. 并行分词（预训练用线程：SentencePiece 在 C++ 里放开了 GIL；对话要在 Python 里渲染，用进程），
+       但输出与 workers 无关（按顺序收集结果）：workers=1 和 workers=8 写出的文件逐字节相同。（data/pipeline.py）
     2. 内存有界：输入是流式读的，同时“在路上”的批次最多 2×workers 个，
        峰值内存不随语料大小增长——100 GB 的语料也能在小机器上处理。（data/pipeline.py）
     3. 按文档（对话）划分验证集：用“序号的带种子哈希”决定一篇文档进 train 还是 val，
@@ -135,7 +135,8 @@ def prepare_pretrain(
         out_dir:       输出目录。已存在且非空时拒绝写入，除非 overwrite=True
                        （而且它必须是以前 `data prepare` 写出的目录，防止误删别的东西）。
         field:         JSON / Parquet 记录里文本所在的字段。
-        workers:       分词进程数，默认 os.cpu_count()；1 表示在本进程里做，不开进程池。
+        workers:       并行分词的线程数（预训练用线程，见 data/pipeline.py），默认 os.cpu_count()；
+                       1 表示就在主线程里做。
         val_fraction:  大约多少比例的文档划入验证集，0 <= val_fraction < 1；0 表示不要验证集。
         skip_bad:      True 时跳过坏记录，记在 out_dir/skipped.txt；False 时遇到第一条就报错。
         shard_tokens:  每个分片最多多少个 token。

@@ -21,8 +21,15 @@ def format_summary(summary: dict) -> str:
                      f"（清单见 / listed in {Path(summary['out_dir']) / SKIPPED_FILE}）")
     if "elapsed_s" in summary:
         lines.append(f"  用时 / time:        {summary['elapsed_s']:.1f} s，{summary['mb_per_s']:.1f} MB/s"
-                     f"（{summary['workers']} 个分词进程 / tokenizer processes）")
+                     f"（{summary['workers']} 个{_workers_noun(summary)}）")
     return "\n".join(lines)
+
+
+def _workers_noun(summary: dict) -> str:
+    """预训练用线程分词，对话和偏好数据用进程（见 data/pipeline.py）。"""
+    if summary.get("kind") in ("sft", "dpo"):
+        return "分词进程 / tokenizer processes"
+    return "分词线程 / tokenizer threads"
 
 
 def _pretrain_summary_lines(summary: dict) -> list[str]:

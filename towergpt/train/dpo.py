@@ -35,6 +35,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from towergpt.chunked_loss import target_logprobs_from_logits
 from towergpt.config import RunConfig
 from towergpt.data.data_format import load_meta
 from towergpt.data.dpo_dataset import DPOData
@@ -42,7 +43,8 @@ from towergpt.errors import TowerGPTError
 from towergpt.model import IGNORE_INDEX
 from towergpt.train.distributed import is_main_process, rank_and_world
 from towergpt.train.loop import Trainer
-from towergpt.train.objective import ObjectiveResult
+from towergpt.train.memory_estimate import report_memory
+from towergpt.train.objective import ObjectiveResult, target_token_logprobs
 from towergpt.train.lora_setup import attach_lora
 from towergpt.train.sft import load_initial_model
 
@@ -51,13 +53,11 @@ def sequence_logprobs(logits: torch.Tensor, targets: torch.Tensor) -> tuple[torc
     """每一行：回答 token 的 log 概率之和，以及回答有几个 token。
 
     logits (N, T, V)，targets (N, T)（IGNORE_INDEX 的位置不是回答，不计）。返回两个 (N,) 张量。
-    cross_entropy 给出的正是 −log p(目标 token)，被忽略的位置给 0，所以按行求和就是 −log π(y|x)。
-    先转成 float32：bf16 下几百个 log 概率相加会丢掉不少精度。
+    每个目标 token 的 log 概率（被忽略的位置给 0）按行求和就是 log π(y|x)；算之前先转成 float32：
+    bf16 下几百个 log 概率相加会丢掉不少精度。这是从完整 logits 出发的写法；目标函数本身走
+    target_token_logprobs，模型分块时不造出 (N, T, V)（见 train/objective.py）。
     """
-    N, T, V = logits.shape
-    token_nll = F.cross_entropy(logits.float().reshape(N * T, V), targets.reshape(N * T),
-                                ignore_index=IGNORE_INDEX, reduction="none").view(N, T)     # (N, T)
-    return -token_nll.sum(dim=1), (targets != IGNORE_INDEX).sum(dim=1)
+    return target_logprobs_from_logits(logits, targets).sum(dim=1), (targets != IGNORE_INDEX).sum(dim=1)
 
 
 def dpo_loss(policy_chosen: torch.Tensor, policy_rejected: torch.Tensor, reference_chosen: torch.Tensor,
@@ -116,11 +116,12 @@ class DPOObjective:
         tokens = int((batch["inputs"] != self.pad_id).sum())        # 在 CPU 上数：不必等 GPU
         inputs = batch["inputs"].to(device, non_blocking=True)      # (2B, T)
         targets = batch["targets"].to(device, non_blocking=True)    # (2B, T)
-        # 策略模型：chosen 和 rejected 一次前向（2B 行），梯度从这里流回
-        policy_logps, answer_tokens = sequence_logprobs(model(inputs), targets)        # (2B,), (2B,)
+        answer_tokens = (targets != IGNORE_INDEX).sum(dim=1)                           # (2B,)
+        # 策略模型：chosen 和 rejected 一次前向（2B 行），梯度从这里流回；每行的 log π(y|x) = 回答 token 之和
+        policy_logps = target_token_logprobs(model, inputs, targets).sum(dim=1)        # (2B,)
         # 参考模型：不求梯度，只要它的 log 概率
         with torch.no_grad():
-            reference_logps, _ = sequence_logprobs(self._reference_on(device)(inputs), targets)
+            reference_logps = target_token_logprobs(self._reference_on(device), inputs, targets).sum(dim=1)
         chosen_nll = -policy_logps[:pairs] / answer_tokens[:pairs].clamp(min=1)        # (B,) 每 token 的 NLL
         loss, metrics = dpo_loss(policy_logps[:pairs], policy_logps[pairs:], reference_logps[:pairs],
                                  reference_logps[pairs:], self.beta, self.label_smoothing, chosen_nll,
@@ -154,5 +155,6 @@ def run_dpo(config: RunConfig, resume: bool = False) -> dict:
         print(f"偏好对 / pairs: 训练 train {train_data.num_pairs:,}，验证 val {val_data.num_pairs if val_data else 0:,}；"
               f"beta={dpo.beta:g} label_smoothing={dpo.label_smoothing:g} sft_weight={dpo.sft_weight:g}")
     objective = DPOObjective(reference, tokenizer.pad_id, dpo.beta, dpo.label_smoothing, dpo.sft_weight)
+    report_memory(config, "dpo")   # 开训前的内存估计（只在主进程打印）
     trainer = Trainer(config, model, tokenizer, objective, train_data, val_data)
     return trainer.run(resume=resume)

@@ -46,7 +46,8 @@ from towergpt.train.distributed import is_main_process, rank_and_world
 from towergpt.train.dpo import freeze
 from towergpt.train.lora_setup import attach_lora
 from towergpt.train.loop import Trainer
-from towergpt.train.objective import ObjectiveResult
+from towergpt.train.memory_estimate import report_memory
+from towergpt.train.objective import ObjectiveResult, target_token_logprobs
 from towergpt.train.rewards import Sample, parse_rewards
 from towergpt.train.sft import load_initial_model
 
@@ -68,8 +69,9 @@ def grpo_loss(logprobs: torch.Tensor, old_logprobs: torch.Tensor, advantages: to
               clip_eps: float, kl_coef: float = 0.0, reference_logprobs: torch.Tensor | None = None):
     """裁剪的策略梯度损失（见模块开头第 4 步）。
 
-    logprobs / old_logprobs / reference_logprobs: (N, L) 回答里每个 token 的 log 概率；advantages: (N,)；
-    mask: (N, L) 1 = 回答里真实的 token（0 = 回答已结束后的 padding）。
+    logprobs / old_logprobs / reference_logprobs: (N, L) 每个位置的目标 token 的 log 概率；advantages: (N,)；
+    mask: (N, L) 1 = 回答里真实的 token（0 = 提示词、回答已结束后的 padding）。L 可以就是整行的长度 T：
+    目标函数传进来的是整行 (N, T)，只有回答的位置 mask 为 1。
     返回 (损失标量, {"clip_fraction", "kl"})：每个回答内对 token 取平均，再对 N 个回答取平均。
     """
     mask = mask.float()
@@ -88,13 +90,6 @@ def grpo_loss(logprobs: torch.Tensor, old_logprobs: torch.Tensor, advantages: to
     stats = {"clip_fraction": clipped_tokens.sum() / mask.sum().clamp(min=1),
              "kl": ((kl * mask).sum(dim=1) / lengths).mean()}
     return -per_answer.mean(), {k: v.detach() for k, v in stats.items()}
-
-
-def token_logprobs(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """logits (N, L, V)、targets (N, L) → 每个目标 token 的 log 概率 (N, L)；IGNORE_INDEX 处为 0。"""
-    safe = targets.clamp(min=0)
-    picked = torch.log_softmax(logits.float(), dim=-1).gather(-1, safe.unsqueeze(-1)).squeeze(-1)
-    return picked.masked_fill(targets == IGNORE_INDEX, 0.0)
 
 
 # ---------------------------------------------------------------------------
@@ -123,18 +118,17 @@ class GRPOObjective:
         total = self._weighted(scores)                                               # (N,)
         advantages = group_advantages(total.view(len(batch), G)).view(-1)           # (N,)
         completions = [ids for ids, _ in answers]
-        inputs, answer_targets, positions = _training_rows(prompts, completions, self.tokenizer.pad_id,
-                                                           policy.config.max_seq_len)
-        inputs, answer_targets, positions = inputs.to(device), answer_targets.to(device), positions.to(device)
-        # 样本来自“除以温度”之后的分布，log 概率也按同一个分布算：策略梯度要求样本来自被求导的那个策略
+        inputs, targets = _training_rows(prompts, completions, self.tokenizer.pad_id, policy.config.max_seq_len)
+        inputs, targets = inputs.to(device), targets.to(device)                       # (N, T), (N, T)
+        # 样本来自“除以温度”之后的分布，log 概率也按同一个分布算：策略梯度要求样本来自被求导的那个策略。
+        # 只有回答的位置有目标；模型分块时（loss_chunk_tokens）直接给出这些 log 概率，不造出 (N, T, V)
         temperature = self.settings.temperature
-        logprobs = token_logprobs(_at(model(inputs), positions) / temperature, answer_targets)     # (N, L)
+        logprobs = target_token_logprobs(model, inputs, targets, temperature)           # (N, T)
         reference = None
         if self.reference is not None and self.settings.kl_coef:
             with torch.no_grad():
-                reference_logits = _at(self._reference_on(device)(inputs), positions)
-                reference = token_logprobs(reference_logits / temperature, answer_targets)
-        mask = answer_targets != IGNORE_INDEX
+                reference = target_token_logprobs(self._reference_on(device), inputs, targets, temperature)
+        mask = targets != IGNORE_INDEX                                                  # (N, T) 回答的 token
         loss, stats = grpo_loss(logprobs, logprobs.detach(), advantages.to(device), mask, self.settings.clip_eps,
                                 self.settings.kl_coef, reference)
         metrics = {**self._reward_metrics(scores, total, G), **stats,
@@ -181,31 +175,23 @@ class GRPOObjective:
 
 
 def _training_rows(prompts: list[list[int]], answers: list[list[int]], pad_id: int, max_seq_len: int):
-    """拼成训练用的 (inputs (N, T), answer_targets (N, L), positions (N, L))。
+    """拼成训练用的 (inputs (N, T), targets (N, T))：targets 只在回答的位置有值，其余是 IGNORE_INDEX。
 
     每行 = 提示词 + 回答，**右** padding：padding 都在真 token 之后，因果注意力本来就看不见它们，
     于是不用传 attention_mask，模型走最快的 is_causal 路径（显式掩码在 CPU 上要慢一大截）。
     位置 t 的输出预测第 t+1 个 token，所以回答的第 j 个 token 由位置 len(提示词) − 1 + j 预测：
-    positions 记下这些位置，answer_targets 是回答本身（短的回答在后面补 IGNORE_INDEX）。
+    targets 在这些位置放回答本身；提示词和 padding 的位置是 IGNORE_INDEX（log 概率为 0，mask 也是 0）。
     T 向上取整（generate.padded_width：张量形状种类少，CPU 上快得多）。
     """
-    L = max(max(len(a) for a in answers), 1)
     T = padded_width(max(len(p) + len(a) for p, a in zip(prompts, answers)) - 1, max_seq_len)
     rows = len(prompts)
     inputs = torch.full((rows, T), pad_id, dtype=torch.long)
-    answer_targets = torch.full((rows, L), IGNORE_INDEX, dtype=torch.long)
-    positions = torch.zeros((rows, L), dtype=torch.long)
+    targets = torch.full((rows, T), IGNORE_INDEX, dtype=torch.long)
     for row, (prompt, answer) in enumerate(zip(prompts, answers)):
         sequence = prompt + answer
         inputs[row, :len(sequence) - 1] = torch.tensor(sequence[:-1])
-        answer_targets[row, :len(answer)] = torch.tensor(answer)
-        positions[row] = (len(prompt) - 1 + torch.arange(L)).clamp(max=T - 1)
-    return inputs, answer_targets, positions
-
-
-def _at(logits: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
-    """logits (N, T, V) 在每行各自的 positions (N, L) 处取出 → (N, L, V)。"""
-    return logits.gather(1, positions.unsqueeze(-1).expand(-1, -1, logits.size(-1)))
+        targets[row, len(prompt) - 1:len(sequence) - 1] = torch.tensor(answer, dtype=torch.long)
+    return inputs, targets
 
 
 # ---------------------------------------------------------------------------
@@ -237,4 +223,5 @@ def run_grpo(config: RunConfig, resume: bool = False) -> dict:
     objective = GRPOObjective(tokenizer, config.grpo, rewards, reference)
     # 采样用全局随机数：从 train.seed 开始，同样的配置两次运行逐位相同；续训时检查点会恢复它的状态
     torch.manual_seed(config.train.seed)
+    report_memory(config, "grpo")   # 开训前的内存估计（只在主进程打印）
     return Trainer(config, model, tokenizer, objective, train_data, val_data).run(resume=resume)

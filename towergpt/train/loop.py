@@ -61,6 +61,7 @@ from towergpt.device import pin_memory
 from towergpt.doctor.live import LiveDoctor, warning_line
 from towergpt.errors import TowerGPTError
 from towergpt.train import distributed, precision
+from towergpt.train.activation_checkpointing import checkpoint_blocks
 from towergpt.train.budget import BudgetClock, BudgetState, decay_progress, should_finish
 from towergpt.train.checkpointing import clear_stale_temporaries, latest_checkpoint, save_checkpoint
 from towergpt.train.metrics import MetricsLogger
@@ -105,6 +106,8 @@ class Trainer:
         self.dtype = precision.pick_dtype(config.train.dtype, self.device)
         self.model_class = type(model)   # FSDP 会把模型的类换成一个动态子类，先记下原来的
         self.model = model.to(self.device)
+        if config.train.activation_checkpointing:   # 每块只存输入、反向时重算；必须在 compile / DDP / FSDP 之前
+            checkpoint_blocks(self.model)
         # forward_model 是训练时做前向的“外壳”（torch.compile / DDP / FSDP），参数仍是 self.model 的那一份
         self.forward_model = distributed.wrap_model(self.model, self.dist, self.device, config.train.compile)
         self.optimizer = build_optimizer(self.model, config.optim, self.device)

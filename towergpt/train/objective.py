@@ -5,12 +5,13 @@
 
     result = objective(model, batch, device)       # 在 autocast 下调用；返回一个 ObjectiveResult
 
-本模块按顺序讲四件事：
+本模块按顺序讲五件事：
 
     1. ObjectiveResult   目标函数交给循环的东西：损失、权重、token 数、指标、困惑度有没有意义
     2. ResultSums        把许多个结果按权重加起来（训练的一步、一次验证都要这样做）
     3. evaluate_objective  在一串批次上不求梯度地跑目标函数：训练中的验证和 `towergpt eval` 共用它
     4. language_model_objective  最基本的目标：下一个 token 的交叉熵（预训练、SFT、`towergpt eval`）
+    5. target_token_logprobs  每个目标 token 的 log 概率：DPO 和 GRPO 的原料
 
 符号：
     B  批里的行数        T  每行的长度（输入 x 和目标 y 一样长）
@@ -39,6 +40,8 @@ from typing import Callable, Iterable
 
 import torch
 
+from towergpt.checkpoint import unwrap_model
+from towergpt.chunked_loss import target_logprobs_from_logits
 from towergpt.model import IGNORE_INDEX
 from towergpt.train import precision
 
@@ -167,9 +170,28 @@ def language_model_objective(model, batch, device, pad_id: int | None = None) ->
     tokens = 输入的 token 数。预训练的批次没有 padding，就是 B·T；SFT 的批次右补齐了 pad_id，
     给出 pad_id 时只数不是 pad 的 token，吞吐才不会被 padding 虚高。
     两个数都在搬上设备之前、在 CPU 上的批次里数：在 GPU 上数完再 int() 会让 CPU 停下来等 GPU。
+    模型设了 loss_chunk_tokens 时，它分块算这个损失、不造出 (B, T, V) 的 logits（model.py、chunked_loss.py）。
     """
     inputs, targets = batch                                                       # (B, T), (B, T)
     weight = int((targets != IGNORE_INDEX).sum())
     tokens = inputs.numel() if pad_id is None else int((inputs != pad_id).sum())
     _, loss = model(inputs.to(device, non_blocking=True), targets.to(device, non_blocking=True))
     return ObjectiveResult(loss=loss, weight=weight, tokens=tokens, is_token_cross_entropy=True)
+
+
+# ---------------------------------------------------------------------------
+# 5. 每个目标 token 的 log 概率（DPO、GRPO）
+# ---------------------------------------------------------------------------
+
+def target_token_logprobs(model, inputs: torch.Tensor, targets: torch.Tensor,
+                          temperature: float = 1.0) -> torch.Tensor:
+    """inputs、targets (N, T) → 每个目标 token 的 log 概率 (N, T)，IGNORE_INDEX 处为 0；logits 先除以 temperature。
+
+    DPO 把它按行加起来（一个回答的 log π(y|x)），GRPO 逐 token 用它。
+    模型设了 loss_chunk_tokens 时，直接让模型的 forward 分块给出它：(N, T, V) 的 logits 从不出现，
+    这一步也仍在 DDP / FSDP / compile 外壳的 forward 里（FSDP 只在那里给出完整的输出头权重）。
+    否则照旧从完整的 logits 算——只认识 model(inputs) 的模型（比如测试里返回固定 logits 的假模型）也能用。
+    """
+    if getattr(unwrap_model(model), "loss_chunk_tokens", 0) > 0:
+        return model(inputs, targets, per_token=True, temperature=temperature)
+    return target_logprobs_from_logits(model(inputs), targets, temperature)

@@ -21,6 +21,7 @@ from towergpt.model import GPT
 from towergpt.tokenizer import Tokenizer
 from towergpt.train.distributed import is_main_process, rank_and_world
 from towergpt.train.loop import Trainer
+from towergpt.train.memory_estimate import report_memory
 from towergpt.train.objective import language_model_objective
 
 
@@ -40,6 +41,7 @@ def build_model(config: RunConfig, verbose: bool = True) -> GPT:
     """按配置和种子构造随机初始化的模型，并打印它有多大。"""
     torch.manual_seed(config.train.seed)
     model = GPT(config.model)
+    model.loss_chunk_tokens = config.train.loss_chunk_tokens   # 输出头 + 交叉熵分块算（见 chunked_loss.py）
     if verbose:
         print(f"模型参数 / parameters: {model.num_params() / 1e6:.2f}M "
               f"（不含词向量 / non-embedding {model.num_params(exclude_embedding=True) / 1e6:.2f}M）")
@@ -66,5 +68,6 @@ def run_pretrain(config: RunConfig, resume: bool = False) -> dict:
     if is_main_process():
         print(f"每步 / per step: {tokens_per_step:,} tokens（微批次 × 累积 × {world_size} 个进程）；"
               f"训练集一轮 / one epoch: {train_data.num_windows * seq_len:,} tokens")
+    report_memory(config, "pretrain")   # 开训前的内存估计（只在主进程打印；见 train/memory_estimate.py）
     trainer = Trainer(config, model, tokenizer, language_model_objective, train_data, val_data)
     return trainer.run(resume=resume)

@@ -28,6 +28,7 @@ from towergpt.tokenizer import Tokenizer
 from towergpt.train.distributed import is_main_process, rank_and_world
 from towergpt.train.lora_setup import attach_lora
 from towergpt.train.loop import Trainer
+from towergpt.train.memory_estimate import report_memory
 from towergpt.train.objective import ObjectiveResult, language_model_objective
 
 
@@ -82,6 +83,8 @@ def load_initial_model(config: RunConfig, data_dir: Path | None, lora: bool = Tr
     else:
         load_model_weights(model, directory / MODEL_FILE)
     config.model = model_config
+    # 输出头 + 交叉熵分块算（见 chunked_loss.py）；DPO / GRPO 的参考模型是它的拷贝，也跟着分块
+    model.loss_chunk_tokens = config.train.loss_chunk_tokens
     if lora:
         attach_lora(model, config)
     return model, tokenizer
@@ -101,5 +104,6 @@ def run_sft(config: RunConfig, resume: bool = False) -> dict:
     if is_main_process():
         print(f"对话 / conversations: 训练 train {train_data.num_conversations:,}，"
               f"验证 val {val_data.num_conversations if val_data else 0:,}")
+    report_memory(config, "sft")   # 开训前的内存估计（只在主进程打印）
     trainer = Trainer(config, model, tokenizer, make_sft_objective(tokenizer.pad_id), train_data, val_data)
     return trainer.run(resume=resume)

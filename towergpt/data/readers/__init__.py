@@ -26,6 +26,7 @@
     records.py     共用：坏记录 BadRecord、取值步骤、把错误讲成人话（json_type_name、describe_keys）
     txt.py         .txt：空行分段，超长的行按句末切开，按片读、内存有界
     jsonl.py       .jsonl：逐行解析
+    fast_json.py   可选的 orjson 快路径：它拿得准的行才用它，其余交给 json，报错与以前相同
     json_array.py  .json：数组里的元素一个一个地流式解析
     parquet.py     .parquet：一批一批地读列（需要 pyarrow）
 """
@@ -98,8 +99,11 @@ def iter_texts(
         items = read_txt(path)
     elif suffix == ".parquet":
         items = read_parquet_column(path, field)
+    elif suffix == ".jsonl":
+        # 只取一个字符串字段：可以先试 orjson（装了的话），结果与 json 逐字相同（为什么只在这里用，见 fast_json.py）
+        items = read_jsonl(path, TextField(field), fast=True)
     else:
-        items = _JSON_READERS[suffix](path, TextField(field))
+        items = read_json_array(path, TextField(field))
     return _handle_bad_records(items, skip_bad, on_bad)
 
 

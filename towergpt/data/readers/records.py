@@ -59,33 +59,35 @@ class TextField:
 
     def __call__(self, record, number: int, location: str, maybe_escaped: bool) -> Item:
         field = self.field
-        location = f"{location} 字段/field '{field}'"
+        # 最常见的情况先走：一个对象，字段是字符串（每条记录都要过这里，所以报错用的位置等出错时才拼）
+        value = record.get(field) if isinstance(record, dict) else None
+        if isinstance(value, str):
+            # JSON 允许写 "\ud800" 这种不成对的代理项转义，json.loads 会照单全收，
+            # 得到一个无法编码成 UTF-8 的 Python 字符串，到分词时才崩。这里提前拦下。
+            if maybe_escaped and _has_lone_surrogate(value):
+                return BadRecord(
+                    self._location(location),
+                    "含有不成对的 \\ud800-\\udfff 转义（孤立代理项），无法编码成 UTF-8"
+                    " / contains a lone surrogate escape, not encodable as UTF-8",
+                )
+            return number, value
+        return BadRecord(self._location(location), self._reason(record))
+
+    def _location(self, location: str) -> str:
+        return f"{location} 字段/field '{self.field}'"
+
+    def _reason(self, record) -> str:
+        """这条记录为什么取不出一个字符串：不是对象、缺字段、值不是字符串。"""
+        field = self.field
         if not isinstance(record, dict):
             kind = json_type_name(record)
-            return BadRecord(
-                location,
-                f"这条记录是 {kind}，需要一个对象 {{\"{field}\": \"...\"}} / record is {kind}, expected an object",
-            )
+            return f"这条记录是 {kind}，需要一个对象 {{\"{field}\": \"...\"}} / record is {kind}, expected an object"
         if field not in record:
             keys = describe_keys(record)
-            return BadRecord(
-                location,
-                f"缺少这个字段，这条记录有的字段：{keys}（可用 --field 指定字段名）"
-                f" / field missing, the record has: {keys} (choose one with --field)",
-            )
-        value = record[field]
-        if not isinstance(value, str):
-            kind = json_type_name(value)
-            return BadRecord(location, f"值是 {kind}，需要字符串 / value is {kind}, expected a string")
-        # JSON 允许写 "\ud800" 这种不成对的代理项转义，json.loads 会照单全收，
-        # 得到一个无法编码成 UTF-8 的 Python 字符串，到分词时才崩。这里提前拦下。
-        if maybe_escaped and _has_lone_surrogate(value):
-            return BadRecord(
-                location,
-                "含有不成对的 \\ud800-\\udfff 转义（孤立代理项），无法编码成 UTF-8"
-                " / contains a lone surrogate escape, not encodable as UTF-8",
-            )
-        return number, value
+            return (f"缺少这个字段，这条记录有的字段：{keys}（可用 --field 指定字段名）"
+                    f" / field missing, the record has: {keys} (choose one with --field)")
+        kind = json_type_name(record[field])
+        return f"值是 {kind}，需要字符串 / value is {kind}, expected a string"
 
 
 def whole_object(record, number: int, location: str, maybe_escaped: bool) -> Item:
