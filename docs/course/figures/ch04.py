@@ -51,7 +51,7 @@ def draw_lr_schedule(path: Path) -> None:
     left.plot(steps, [learning_rate(s, optim, 500) for s in steps], color="tab:blue")
     left.axvline(optim.warmup_steps, color="gray", linestyle=":", linewidth=1)
     left.axhline(optim.min_lr, color="gray", linestyle="--", linewidth=0.8)
-    left.set_title("by steps: max_steps=500", fontsize=9)
+    left.set_title("by steps: max_steps=500\nwarmup 50 steps", fontsize=9)
     left.set_xlabel("step")
     left.set_ylabel("learning rate (optim.lr)")
     left.text(optim.warmup_steps + 8, optim.lr * 0.95, "warmup ends", fontsize=7, color="gray")
@@ -62,7 +62,7 @@ def draw_lr_schedule(path: Path) -> None:
                                  (1.0, "tab:orange", "slow machine, 1.0 s/step")):
         times, rates = _time_curve(optim, 45.0, step_s)
         right.plot(times, rates, marker=".", markersize=3, color=color, label=f"{label} ({len(times)} steps)")
-    right.set_title("by time: max_minutes=0.75, warmup 10 steps", fontsize=9)
+    right.set_title("by time: max_minutes=0.75 (45 s)\nwarmup 10 steps", fontsize=9)
     right.set_xlabel("seconds used of the 45 s budget")
     right.legend(fontsize=7, loc="upper right")
     for axis in (left, right):

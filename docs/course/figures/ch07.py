@@ -30,7 +30,7 @@ def _dpo_curves(path):
             zero = torch.zeros(1)
             loss, _ = dpo_loss(chosen.view(1), zero, zero, zero, beta=beta)
             loss.backward()
-            losses.append(float(loss))
+            losses.append(loss.item())
             weights.append(float(chosen.grad))      # ∂损失/∂log π(y_w) = −β·σ(−z)
         left.plot(delta, losses, label=f"beta={beta:g}")
         right.plot(delta, [-w / beta for w in weights], label=f"beta={beta:g}")
@@ -42,7 +42,7 @@ def _dpo_curves(path):
     left.legend(fontsize=8)
     right.set_xlabel("log-ratio margin  delta")
     right.set_ylabel("push on the pair  sigmoid(-beta * delta)")
-    right.set_title("how hard a pair is pushed (grad / beta)", fontsize=10)
+    right.set_title("push on a pair = |grad| / beta", fontsize=10)
     right.legend(fontsize=8)
     save(fig, path)
 
