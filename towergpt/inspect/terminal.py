@@ -60,7 +60,7 @@ def _header(report: dict) -> str:
 def _token_table(report: dict) -> list[str]:
     tokens, predictions = report["tokens"], report["predictions"]
     lines = ["1. token 与下一词预测 / tokens and next-token predictions",
-             "   p = 模型给这个 token 的概率，bit = 惊讶度 -log₂p，# = 它在模型的候选里排第几",
+             "   p = 模型给这个 token 的概率，bit = 惊讶度 -log₂p，# = 第几个 token，排名 = 它在模型的候选里排第几",
              f"   {pad('#', 4)}{pad('token', 12)}{pad('id', 7)}{pad('p', 10)}{pad('bit', 7)}{pad('排名', 6)}此处模型原本期待"]
     for token, before in zip(tokens, [None] + predictions[:-1]):
         mark = "·" if token.get("template") else " "

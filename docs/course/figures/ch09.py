@@ -46,14 +46,21 @@ def models() -> tuple[GPT, GPT, list[int]]:
     return untrained, trained.eval(), ids
 
 
+def moved_from_uniform(weights: torch.Tensor) -> float:
+    """要挪动多少权重，才能把每一行变成均匀的 1/(i+1)（第 1…T-1 行的平均；0 = 完全均匀）。与第 9 章 9.3 节同一个量。"""
+    rows = range(1, weights.shape[0])
+    return sum(0.5 * float((weights[i, :i + 1] - 1 / (i + 1)).abs().sum()) for i in rows) / len(rows)
+
+
 def draw_attention(path) -> None:
     untrained, trained, ids = models()
     setup()
-    fig, axes = plt.subplots(1, 2, figsize=(6.4, 3.4), dpi=100)
+    fig, axes = plt.subplots(1, 2, figsize=(6.4, 3.6), dpi=100, layout="constrained")
     for ax, (model, title) in zip(axes, [(untrained, "random init"), (trained, f"after {STEPS} steps")]):
         weights = walk(model, ids).attention[0, 0]                 # 第 1 层、头 0：(T, T)
         image = ax.imshow(weights, cmap="viridis", vmin=0, vmax=1)
-        ax.set_title(f"layer 1, head 0: {title}", fontsize=9)
+        ax.set_title(f"layer 1, head 0: {title}\nweight moved from uniform: {moved_from_uniform(weights):.2f}",
+                     fontsize=8)
         ax.set_xlabel("key position j (attended to)", fontsize=8)
         ax.set_ylabel("query position i", fontsize=8)
         ax.tick_params(labelsize=7)
