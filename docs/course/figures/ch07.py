@@ -61,8 +61,8 @@ def _group_advantages(path):
     fig, axes = plt.subplots(1, 4, figsize=(6.4, 3.6), dpi=100, sharey=True)
     for ax, r, a in zip(axes, rewards, advantages):
         colors = ["tab:green" if x > 0 else ("tab:red" if x < 0 else "gray") for x in a]
-        ax.bar(range(8), a, color=colors)
-        ax.scatter(range(8), r, marker="o", color="black", s=12, zorder=3, label="reward")
+        ax.bar(range(8), a.numpy(), color=colors)
+        ax.scatter(range(8), r.numpy(), marker="o", color="black", s=12, zorder=3, label="reward")
         ax.axhline(0, color="black", lw=0.6)
         ax.set_title(f"{int(r.sum())}/8 correct", fontsize=9)
         ax.set_xticks(range(8))

@@ -42,9 +42,9 @@ def _sampling(path):
     fig, axes = plt.subplots(2, 3, figsize=(6.4, 3.9), dpi=100, sharex=True, sharey=True)
     for ax, (title, probs) in zip(axes.flat, sampling_panels()):
         ids = range(len(probs))
-        ax.bar(ids, original, color="none", edgecolor="lightgray", lw=0.8)        # 原分布作参照
+        ax.bar(ids, original.numpy(), color="none", edgecolor="lightgray", lw=0.8)        # 原分布作参照
         colors = ["tab:blue" if p > 0 else "white" for p in probs]
-        ax.bar(ids, probs, color=colors, width=0.6)
+        ax.bar(ids, probs.numpy(), color=colors, width=0.6)
         removed = [i for i, p in enumerate(probs) if p == 0]
         ax.scatter(removed, [0.01] * len(removed), marker="x", color="tab:red", s=14)
         ax.set_title(title, fontsize=8)

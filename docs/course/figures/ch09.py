@@ -58,7 +58,7 @@ def draw_attention(path) -> None:
     fig, axes = plt.subplots(1, 2, figsize=(6.4, 3.6), dpi=100, layout="constrained")
     for ax, (model, title) in zip(axes, [(untrained, "random init"), (trained, f"after {STEPS} steps")]):
         weights = walk(model, ids).attention[0, 0]                 # 第 1 层、头 0：(T, T)
-        image = ax.imshow(weights, cmap="viridis", vmin=0, vmax=1)
+        image = ax.imshow(weights.numpy(), cmap="viridis", vmin=0, vmax=1)
         ax.set_title(f"layer 1, head 0: {title}\nweight moved from uniform: {moved_from_uniform(weights):.2f}",
                      fontsize=8)
         ax.set_xlabel("key position j (attended to)", fontsize=8)
