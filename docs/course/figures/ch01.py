@@ -58,6 +58,15 @@ def corpus_tokens(corpus: dict[str, int], split: dict[str, tuple[str, ...]]) -> 
     return sum(count * len(split[word]) for word, count in corpus.items())
 
 
+def finish(fig, ax, path: Path, xlim: tuple, ylim: tuple, title: str) -> None:
+    """两张图都是“画在空白画布上的一排排方块”：定好范围、去掉坐标轴、写标题、存盘。"""
+    ax.set_xlim(*xlim)
+    ax.set_ylim(*ylim)
+    ax.axis("off")
+    ax.set_title(title, fontsize=9)
+    save(fig, path)
+
+
 def draw_bpe_merges(path: Path) -> None:
     steps = bpe_steps(TOY_CORPUS, max(SHOWN_STEPS))
     fig, ax = figure(6.4, 3.6)
@@ -80,12 +89,9 @@ def draw_bpe_merges(path: Path) -> None:
                 ax.text(x + (width - 0.08) / 2, y, piece, ha="center", va="center", fontsize=8, family="monospace")
                 x += width
             x += 0.7
-    ax.set_xlim(-7.5, 29)
-    ax.set_ylim(-0.7, len(SHOWN_STEPS) - 0.3)
-    ax.axis("off")
-    ax.set_title("BPE on a toy corpus (low x5, lower x2, newest x6, widest x3):\n"
-                 "each merge joins the most frequent adjacent pair", fontsize=9)
-    save(fig, path)
+    finish(fig, ax, path, (-7.5, 29), (-0.7, len(SHOWN_STEPS) - 0.3),
+           "BPE on a toy corpus (low x5, lower x2, newest x6, widest x3):\n"
+           "each merge joins the most frequent adjacent pair")
 
 
 # 字节回退的四个例子：(字符, 英文说明)。汉字和 emoji 在图里写成码位，避免没有字体时显示成方框。
@@ -105,12 +111,9 @@ def draw_byte_fallback(path: Path) -> None:
             ax.text(i * 1.5 + 0.675, y, f"<0x{byte:02X}>", ha="center", va="center", fontsize=8, family="monospace")
         ax.text(6.2, y, f"{len(data)} byte{'s' if len(data) > 1 else ''} = {len(data)} token{'s' if len(data) > 1 else ''}",
                 ha="left", va="center", fontsize=8)
-    ax.set_xlim(-4.8, 9)
-    ax.set_ylim(-0.6, len(FALLBACK_EXAMPLES) - 0.4)
-    ax.axis("off")
-    ax.set_title("Byte fallback: a character missing from the vocabulary\n"
-                 "becomes its UTF-8 bytes, one byte piece each (256 byte pieces in every vocab)", fontsize=9)
-    save(fig, path)
+    finish(fig, ax, path, (-4.8, 9), (-0.6, len(FALLBACK_EXAMPLES) - 0.4),
+           "Byte fallback: a character missing from the vocabulary\n"
+           "becomes its UTF-8 bytes, one byte piece each (256 byte pieces in every vocab)")
 
 
 FIGURES = {"ch01_bpe_merges.png": draw_bpe_merges, "ch01_byte_fallback.png": draw_byte_fallback}
