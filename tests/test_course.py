@@ -42,6 +42,16 @@ def test_the_course_has_its_chapters():
 
 
 @pytest.mark.parametrize("chapter", CHAPTERS, ids=[path.stem for path in CHAPTERS])
+def test_every_chapter_says_what_it_teaches_and_ends_with_folded_exercises(chapter):
+    text = chapter.read_text(encoding="utf-8")
+    assert "读完这一章，你会明白" in text.split("\n## ")[0], f"{chapter.name} 开头没写“读完这一章，你会明白”"
+    exercises = text.split("\n## 练习", 1)
+    assert len(exercises) == 2, f"{chapter.name} 没有“## 练习”一节"
+    assert "<details>" in exercises[1] and "</details>" in exercises[1], f"{chapter.name} 的练习没有折叠的答案"
+    assert course_tools.IMAGE_LINK.search(text), f"{chapter.name} 没有插图"
+
+
+@pytest.mark.parametrize("chapter", CHAPTERS, ids=[path.stem for path in CHAPTERS])
 def test_every_quick_code_block_runs(chapter, workdir):
     run_and_check(chapter, workdir, include_slow=False)
 
