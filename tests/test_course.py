@@ -26,6 +26,12 @@ def workdir(tmp_path_factory):
     return tmp_path_factory.mktemp("course")
 
 
+@pytest.fixture(scope="module")
+def workdir_all(tmp_path_factory):
+    """跑全部代码块（含慢块）时各章共用的工作目录，和上面那个分开：慢块可能改写快块也用的东西。"""
+    return tmp_path_factory.mktemp("course-all")
+
+
 def run_and_check(chapter: Path, workdir: Path, include_slow: bool) -> None:
     result = course_tools.run_chapter(chapter, workdir, include_slow)
     assert result.returncode == 0, f"{chapter.name} 的代码块失败：\n{result.stdout[-4000:]}\n{result.stderr[-4000:]}"
@@ -58,8 +64,8 @@ def test_every_quick_code_block_runs(chapter, workdir):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("chapter", CHAPTERS, ids=[path.stem for path in CHAPTERS])
-def test_every_code_block_runs_slow_ones_included(chapter, tmp_path_factory):
-    run_and_check(chapter, tmp_path_factory.getbasetemp() / "course-all", include_slow=True)
+def test_every_code_block_runs_slow_ones_included(chapter, workdir_all):
+    run_and_check(chapter, workdir_all, include_slow=True)
 
 
 @pytest.mark.parametrize("chapter", CHAPTERS, ids=[path.stem for path in CHAPTERS])
