@@ -5,7 +5,7 @@
 - 代码块：```python 和 ```bash 的块都会被运行，```text 的块是输出或示意，不运行。
   一章里的块按出现的顺序在**同一个** Python 进程里跑（像笔记本：后面的块能用前面定义的变量），
   bash 块在同一个工作目录里用 `bash -euo pipefail` 跑。各章按文件名顺序在**同一个**工作目录里跑，
-  所以后面的章可以用前面章里训练好的模型（例如第 4 章写出的 course_runs/...）。
+  所以后面的章可以用前面章里训练好的模型（例如第 4 章写出的 course/pretrain）。
 - 慢块：紧挨在块前一行写 `<!-- slow -->` 的块默认跳过，只在跑全部时运行
   （`python -m pytest -m slow tests/test_course.py`）。没标 slow 的块不许依赖标了 slow 的块的结果。
 - 源码链接：写成 [`towergpt/model.py` · `apply_rope`](../../towergpt/model.py#L123)，链接文字里 “·” 后面是
@@ -42,6 +42,7 @@ FENCE = re.compile(r"^```(\w*)[^\n]*\n(.*?)^```\s*$", re.S | re.M)
 SOURCE_LINK = re.compile(r"\[`(?P<file>towergpt/[\w/]+\.py)` · `(?P<name>[\w.]+)`\]\(\.\./\.\./(?P<path>towergpt/[\w/]+\.py)#L(?P<line>\d+)\)")
 PLACEHOLDER = "（运行输出，待填）"
 IMAGE_LINK = re.compile(r"!\[[^\]]*\]\((images/[\w.-]+\.png)\)")
+RUNNABLE = ("python", "bash")      # 这两种代码块会被运行；```text 是输出或示意
 
 
 @dataclass
@@ -52,6 +53,16 @@ class Block:
     language: str       # python / bash
     source: str
     slow: bool
+
+
+def line_at(text: str, offset: int) -> int:
+    """text 里第 offset 个字符在第几行（从 1 数）。"""
+    return text.count("\n", 0, offset) + 1
+
+
+def where(path: Path, line: int) -> str:
+    """一个块的名字，出错信息和每块的用时、输出都用它认块：docs/course/03-block.md:40。"""
+    return f"docs/course/{path.name}:{line}"
 
 
 def chapters() -> list[Path]:
@@ -65,10 +76,10 @@ def blocks(path: Path) -> list[Block]:
     found = []
     for match in FENCE.finditer(text):
         language = match.group(1)
-        if language not in ("python", "bash"):
+        if language not in RUNNABLE:
             continue
         before = text[:match.start()].rstrip("\n").rsplit("\n", 1)[-1]
-        found.append(Block(path.stem, len(found) + 1, text.count("\n", 0, match.start()) + 1, language,
+        found.append(Block(path.stem, len(found) + 1, line_at(text, match.start()), language,
                            match.group(2), before.strip() == "<!-- slow -->"))
     return found
 
@@ -94,7 +105,7 @@ for block in blocks:
 def run_chapter(path: Path, workdir: Path, include_slow: bool, timeout_s: float = 900) -> subprocess.CompletedProcess:
     """在 workdir 里按顺序跑一章的代码块（一个进程），返回 CompletedProcess（stdout 里有每块的用时）。"""
     selected = [b for b in blocks(path) if include_slow or not b.slow]
-    payload = [{"where": f"docs/course/{path.name}:{b.line}", "language": b.language, "source": b.source}
+    payload = [{"where": where(path, b.line), "language": b.language, "source": b.source}
                for b in selected]
     return subprocess.run([sys.executable, "-c", DRIVER], input=json.dumps(payload), text=True, cwd=workdir,
                           capture_output=True, timeout=timeout_s)
@@ -114,7 +125,7 @@ def block_outputs(stdout: str) -> dict[str, str]:
 def placeholder_blocks(path: Path) -> list[int]:
     """一章里还是占位（PLACEHOLDER）的输出块所在的行号。"""
     text = path.read_text(encoding="utf-8")
-    return [text.count("\n", 0, m.start()) + 1 for m in FENCE.finditer(text)
+    return [line_at(text, m.start()) for m in FENCE.finditer(text)
             if m.group(1) == "text" and m.group(2).strip() == PLACEHOLDER]
 
 
@@ -125,15 +136,15 @@ def fill_outputs(path: Path, stdout: str) -> int:
     matches = list(FENCE.finditer(text))
     pieces, last, filled = [], 0, 0
     for code, output in zip(matches, matches[1:]):
-        if output.group(1) != "text" or output.group(2).strip() != PLACEHOLDER or code.group(1) not in ("python", "bash"):
+        if output.group(1) != "text" or output.group(2).strip() != PLACEHOLDER or code.group(1) not in RUNNABLE:
             continue
         if text[code.end():output.start()].strip():
             continue                                   # 中间隔着正文：不是这块代码的输出
-        where = f"docs/course/{path.name}:{text.count(chr(10), 0, code.start()) + 1}"
-        if where not in outputs:
+        name = where(path, line_at(text, code.start()))
+        if name not in outputs:
             continue                                   # 这次没跑（慢块）或者没打印
         start = output.start(2)
-        pieces += [text[last:start], outputs[where] + "\n"]
+        pieces += [text[last:start], outputs[name] + "\n"]
         last = output.end(2)
         filled += 1
     path.write_text("".join(pieces) + text[last:], encoding="utf-8")
@@ -165,20 +176,20 @@ def link_problems(path: Path) -> list[str]:
     problems = []
     text = path.read_text(encoding="utf-8")
     for match in SOURCE_LINK.finditer(text):
-        where = f"{path.name}:{text.count(chr(10), 0, match.start()) + 1}"
+        place = f"{path.name}:{line_at(text, match.start())}"
         file, name, line = match.group("path"), match.group("name"), int(match.group("line"))
         if match.group("file") != file:
-            problems.append(f"{where}: 链接文字 {match.group('file')} 与路径 {file} 不一致")
+            problems.append(f"{place}: 链接文字 {match.group('file')} 与路径 {file} 不一致")
             continue
         source = REPO / file
         if not source.is_file():
-            problems.append(f"{where}: 没有文件 {file}")
+            problems.append(f"{place}: 没有文件 {file}")
             continue
         actual = definition_line(source, name)
         if actual is None:
-            problems.append(f"{where}: {file} 里没有 {name}")
+            problems.append(f"{place}: {file} 里没有 {name}")
         elif actual != line:
-            problems.append(f"{where}: {file} 里 {name} 在第 {actual} 行，链接写的是 {line}（跑 fix-links）")
+            problems.append(f"{place}: {file} 里 {name} 在第 {actual} 行，链接写的是 {line}（跑 fix-links）")
     return problems
 
 
